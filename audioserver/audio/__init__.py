@@ -1,0 +1,1 @@
+"""Audio: decoding, steps, pipelines, analysis and encoding. Knows nothing of Flask or Socket.IO."""

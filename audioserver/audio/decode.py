@@ -1,0 +1,277 @@
+"""Streaming decode: ffmpeg writes the upload's first audio stream to a pipe as float32 WAV.
+
+The ``Decoder`` starts ffmpeg, reads the WAV header (sample rate and
+channels) and the first samples, so a file that is not audio fails at once,
+then hands out blocks of frames as they are decoded. ffmpeg runs in its own
+process, so decoding overlaps with the processing of earlier chunks, and a
+crafted file can at worst make that process fail, stall (it is killed after
+``stall_seconds`` without output) or run long (it stops at ``max_seconds``).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import fcntl
+import logging
+import re
+import select
+import struct
+import subprocess
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DecodeError
+
+logger = logging.getLogger(__name__)
+
+# Containers ffmpeg may open: audio formats, and the video containers audio
+# often arrives in. Playlists (hls, concat, ...) and raw devices are left out so
+# an upload can never make ffmpeg open another file or a URL.
+AUDIO_DEMUXERS = (
+    "aac,ac3,aiff,amr,amrnb,amrwb,ape,asf,au,avi,caf,dsf,dts,dtshd,eac3,flac,flv,"
+    "gsm,iff,loas,matroska,mlp,mov,mp3,mpc,mpc8,mpeg,mpegts,nut,ogg,oma,rm,shn,tak,"
+    "truehd,tta,voc,w64,wav,wv,xwma"
+)
+
+_DURATION = re.compile(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)")
+_AUDIO_STREAM = re.compile(r"Stream #\d+:\d+.*?: Audio: (\w+)")
+_LOG_PREFIX = re.compile(r"^\[[^\]]*@ 0x[0-9a-f]+\]\s*")
+_ERROR_WORDS = ("error", "invalid", "failed", "not on whitelist", "unsupported", "could not")
+_PIPE_SIZE = 1 << 20
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    """What the decoder found in the upload."""
+
+    sample_rate: int
+    channels: int
+    duration: float | None  # from the container; None when it does not say
+    codec: str | None
+
+
+class _StderrLog:
+    """Drains ffmpeg's stderr on a thread: keeps the last lines and the input's description."""
+
+    def __init__(self, stream) -> None:
+        self.lines: collections.deque[str] = collections.deque(maxlen=60)
+        self.input_described = threading.Event()
+        self.duration: float | None = None
+        self.codec: str | None = None
+        self._thread = threading.Thread(
+            target=self._drain, args=(stream,), name="ffmpeg-stderr", daemon=True
+        )
+        self._thread.start()
+
+    def _drain(self, stream) -> None:
+        try:
+            for raw in stream:
+                self._take(raw.decode("utf-8", "replace").rstrip())
+        finally:
+            self.input_described.set()
+
+    def _take(self, line: str) -> None:
+        self.lines.append(line)
+        if self.duration is None and (match := _DURATION.search(line)):
+            hours, minutes, seconds = match.groups()
+            self.duration = int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+        if self.codec is None and (match := _AUDIO_STREAM.search(line)):
+            self.codec = match.group(1)
+        if line.startswith(("Stream mapping:", "Output #0")):
+            self.input_described.set()
+
+    def error_line(self) -> str:
+        """Return ffmpeg's most telling error line, without its log prefix."""
+        lines = [_LOG_PREFIX.sub("", line).strip() for line in self.lines]
+        if any("matches no streams" in line for line in lines):
+            return "the file has no audio stream"
+        errors = [
+            line
+            for line in lines
+            if any(word in line.lower() for word in _ERROR_WORDS)
+            and not line.startswith(("Error opening input file", "Conversion failed"))
+        ]
+        if errors:
+            return errors[0] if "whitelist" in errors[0] else errors[-1]
+        return lines[-1] if lines else "ffmpeg gave no reason"
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+
+
+def _command(ffmpeg: str, name: str, max_seconds: float) -> list[str]:
+    return [
+        ffmpeg, "-hide_banner", "-nostdin", "-nostats", "-loglevel", "info",
+        "-protocol_whitelist", "file", "-format_whitelist", AUDIO_DEMUXERS,
+        "-i", f"file:{name}",
+        "-map", "0:a:0", "-vn", "-sn", "-dn", "-map_metadata", "-1", "-fflags", "+bitexact",
+        "-t", f"{max_seconds:.3f}", "-f", "wav", "-c:a", "pcm_f32le", "pipe:1",
+    ]  # fmt: skip
+
+
+class Decoder:
+    """A running ffmpeg decoding one file; ``read`` returns float32 frames, shape (n, channels)."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        ffmpeg: str,
+        max_seconds: float = 4 * 3600.0,
+        stall_seconds: float = 30.0,
+        max_channels: int = 8,
+    ) -> None:
+        path = Path(path)
+        self.path = path
+        self.stall_seconds = stall_seconds
+        self.frames_read = 0
+        self._killed = False
+        self._pending = b""
+        self._proc = subprocess.Popen(
+            _command(ffmpeg, path.name, max_seconds),
+            cwd=path.parent,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(self._proc.stdout.fileno(), fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
+        self._stdout = self._proc.stdout.raw
+        self._stderr = _StderrLog(self._proc.stderr)
+        try:
+            self.info = self._start(max_channels)
+        except BaseException:
+            self.close()
+            raise
+
+    # -- opening --------------------------------------------------------------
+
+    def _start(self, max_channels: int) -> AudioInfo:
+        sample_rate, channels = self._read_header()
+        if channels > max_channels:
+            raise DecodeError(
+                f"The audio has {channels} channels; the server takes at most {max_channels}. "
+                "Mix it down to stereo first."
+            )
+        self._frame_bytes = channels * 4
+        first = self._read_into_pending(self._frame_bytes)
+        if not first:
+            self._fail("the file holds no audio samples")
+        self._stderr.input_described.wait(timeout=self.stall_seconds)
+        return AudioInfo(sample_rate, channels, self._stderr.duration, self._stderr.codec)
+
+    def _read_header(self) -> tuple[int, int]:
+        riff = self._read_exact(12)
+        if len(riff) < 12 or riff[:4] != b"RIFF" or riff[8:12] != b"WAVE":
+            self._fail()
+        sample_rate = channels = None
+        while True:
+            head = self._read_exact(8)
+            if len(head) < 8:
+                self._fail()
+            chunk_id, size = head[:4], struct.unpack("<I", head[4:])[0]
+            if chunk_id == b"data":
+                break
+            if size > 1 << 20:
+                self._fail("unexpected WAV header from ffmpeg")
+            body = self._read_exact(size + (size & 1))
+            if chunk_id == b"fmt ":
+                channels, sample_rate = struct.unpack("<HI", body[2:8])
+        if not sample_rate or not channels:
+            self._fail("ffmpeg did not describe the audio")
+        return sample_rate, channels
+
+    def _fail(self, reason: str | None = None):
+        """Raise a DecodeError with the reason, or with ffmpeg's own error line."""
+        self._wait_for_exit()
+        reason = reason or self._stderr.error_line()
+        raise DecodeError(
+            f"The file could not be decoded as audio: {reason}. "
+            "Upload an audio file (for example WAV, MP3, FLAC, OGG, Opus or M4A)."
+        )
+
+    # -- reading --------------------------------------------------------------
+
+    def _read_some(self, buffer: memoryview) -> int:
+        """Read what the pipe has into buffer, waiting at most stall_seconds; 0 at the end."""
+        ready, _, _ = select.select([self._stdout], [], [], self.stall_seconds)
+        if not ready:
+            self.kill()
+            raise DecodeError(
+                f"Decoding stalled: ffmpeg produced nothing for {self.stall_seconds:g} s. "
+                "The file is probably damaged."
+            )
+        return self._stdout.readinto(buffer) or 0
+
+    def _read_exact(self, size: int) -> bytes:
+        """Read size bytes, fewer only at the end of the stream."""
+        buffer = bytearray(size)
+        view = memoryview(buffer)
+        got = len(self._pending)
+        view[:got] = self._pending
+        self._pending = b""
+        while got < size:
+            count = self._read_some(view[got:])
+            if count == 0:
+                break
+            got += count
+        return bytes(buffer[:got]) if got < size else bytes(buffer)
+
+    def _read_into_pending(self, size: int) -> bytes:
+        self._pending = self._read_exact(size)
+        return self._pending
+
+    def read(self, frames: int) -> np.ndarray:
+        """Return up to ``frames`` frames (fewer only at the end), float32, shape (n, channels)."""
+        data = self._read_exact(frames * self._frame_bytes)
+        if len(data) < frames * self._frame_bytes:
+            self._finish()
+        usable = len(data) - len(data) % self._frame_bytes
+        samples = np.frombuffer(data, dtype="<f4", count=usable // 4)
+        samples = samples.reshape(-1, self.info.channels)
+        self.frames_read += len(samples)
+        return samples
+
+    def _finish(self) -> None:
+        """At the end of the stream: make sure ffmpeg ended well."""
+        returncode = self._wait_for_exit()
+        if returncode != 0 and not self._killed:
+            raise DecodeError(f"Decoding failed part way: {self._stderr.error_line()}.")
+
+    # -- ending ---------------------------------------------------------------
+
+    def _wait_for_exit(self) -> int:
+        try:
+            returncode = self._proc.wait(timeout=self.stall_seconds)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            returncode = self._proc.wait()
+        self._stderr.join(timeout=1.0)
+        return returncode
+
+    def kill(self) -> None:
+        """Stop ffmpeg now (a stopped task no longer needs its audio)."""
+        self._killed = True
+        if self._proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.kill()
+
+    def close(self) -> None:
+        """Stop ffmpeg if it still runs and release its pipes."""
+        self.kill()
+        self._proc.wait()
+        self._stderr.join(timeout=1.0)
+        for stream in (self._proc.stdout, self._proc.stderr):
+            with contextlib.suppress(OSError):
+                stream.close()
+
+    def __enter__(self) -> Decoder:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()

@@ -1,0 +1,245 @@
+"""Pipelines: parsing their two written forms, and planning them as stages.
+
+Written forms (both give the same ``Pipeline``)::
+
+    highpass=freq=80:order=4,loudness=target=-14      ffmpeg filtergraph style
+    highpass=80:4,normalize                           positional options, in declared order
+    [{"step": "highpass", "freq": 80, "order": 4}, {"step": "normalize"}]
+
+Planning splits the steps into stages at each global step. A stage is a map
+over chunks, run in parallel; the global step after it measures every chunk
+of the stage's output, reduces the measurements to one value, and opens the
+next stage by applying it. Only the last stage's output is emitted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import ParameterError
+from .steps import Block, GlobalStep, Step
+
+MAX_STEPS = 32
+DEFAULT_PIPELINE = "normalize"
+
+
+def _pipeline_error(message: str, **extra: Any) -> ParameterError:
+    return ParameterError(message, code="invalid_pipeline", **extra)
+
+
+def _parse_text(text: str) -> list[tuple[str, dict[str, Any]]]:
+    """Parse ``name=key=value:key=value,name2`` into (name, options) pairs."""
+    if ";" in text or "[" in text:
+        raise _pipeline_error(
+            "The pipeline text has ';' or '[': it is one chain of steps separated by ','. "
+            "Example: highpass=freq=80,normalize."
+        )
+    entries = []
+    for position, part in enumerate(text.split(","), start=1):
+        name, _, option_text = part.strip().partition("=")
+        name = name.strip()
+        if not name:
+            raise _pipeline_error(
+                f"Step {position} of the pipeline is empty (two commas in a row, or a comma at "
+                "the start or end). Example: highpass=freq=80,normalize.",
+                position=position,
+            )
+        entries.append((name, _parse_options(name, position, option_text)))
+    return entries
+
+
+def _parse_options(name: str, position: int, text: str) -> dict[str, Any]:
+    """Parse ``key=value:key=value`` (or positional ``value:value``) of one step."""
+    if not text.strip():
+        return {}
+    step_class = Step.registry.get(name)
+    declared = [param.name for param in step_class.params] if step_class else []
+    options: dict[str, Any] = {}
+    for index, item in enumerate(text.split(":")):
+        if not item.strip():
+            raise _pipeline_error(
+                f"Step {position} '{name}': an option is empty (a ':' too many). "
+                "Write name=value:name=value.",
+                step=name,
+                position=position,
+            )
+        key, equals, value = item.partition("=")
+        if not equals:
+            if index >= len(declared):
+                raise _pipeline_error(
+                    f"Step {position} '{name}': option {item.strip()!r} has no name, and the step "
+                    f"takes {len(declared)} positional option(s). Write name=value.",
+                    step=name,
+                    position=position,
+                )
+            key, value = declared[index], item
+        key = key.strip()
+        if not key:
+            raise _pipeline_error(
+                f"Step {position} '{name}': an option has an empty name. Write name=value.",
+                step=name,
+                position=position,
+            )
+        if key in options:
+            raise _pipeline_error(
+                f"Step {position} '{name}': parameter '{key}' is given twice.",
+                step=name,
+                parameter=key,
+                position=position,
+            )
+        options[key] = value.strip()
+    return options
+
+
+def _parse_json(text: str) -> list[tuple[str, dict[str, Any]]]:
+    try:
+        entries = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise _pipeline_error(
+            f"The pipeline is not valid JSON: {error.msg} at character {error.pos}. "
+            'Example: [{"step": "highpass", "freq": 80}].'
+        ) from None
+    return _from_json(entries)
+
+
+def _from_json(entries: Any) -> list[tuple[str, dict[str, Any]]]:
+    if not isinstance(entries, list):
+        raise _pipeline_error("A JSON pipeline must be an array of steps.")
+    parsed = []
+    for position, entry in enumerate(entries, start=1):
+        if not isinstance(entry, dict) or not isinstance(entry.get("step"), str):
+            raise _pipeline_error(
+                f'Step {position} of the pipeline must be an object with a "step" name, '
+                'like {"step": "gain", "db": -3}.',
+                position=position,
+            )
+        options = {key: value for key, value in entry.items() if key != "step"}
+        parsed.append((entry["step"], options))
+    return parsed
+
+
+def _make_step(position: int, name: str, options: dict[str, Any]) -> Step:
+    step_class = Step.registry.get(name)
+    if step_class is None:
+        known = ", ".join(sorted(Step.registry))
+        raise _pipeline_error(
+            f"Step {position}: unknown step {name[:64]!r}. Steps: {known}.",
+            step=name[:64],
+            position=position,
+        )
+    try:
+        return step_class(**options)
+    except ParameterError as error:
+        error.message = error.message.replace("Step '", f"Step {position} '", 1)
+        error.args = (error.message,)
+        error.extra["position"] = position
+        raise
+
+
+@dataclass
+class Stage:
+    """Steps mapped over chunks in parallel, and the global step that measures their output."""
+
+    steps: list[Step]
+    boundary: GlobalStep | None
+    input_rate: int
+    input_channels: int
+    output_rate: int
+    output_channels: int
+    pre_roll: int  # frames of earlier input each chunk needs
+
+    def run(self, block: Block) -> Block:
+        """Process one chunk (with its pre-roll) and return the chunk's output without pre-roll."""
+        for step in self.steps:
+            block = step.process(block)
+        if block.pre:
+            block = Block(block.body, block.sample_rate, block.start + block.pre)
+        return block
+
+
+class Pipeline:
+    """An ordered list of steps, callable on a whole signal, and plannable as stages."""
+
+    def __init__(self, steps: Sequence[Step]) -> None:
+        self.steps = list(steps)
+
+    @classmethod
+    def parse(cls, spec: str | list | None) -> Pipeline:
+        """Parse either written form; None gives the default pipeline, "" no steps."""
+        if spec is None:
+            spec = DEFAULT_PIPELINE
+        if isinstance(spec, str):
+            text = spec.strip()
+            if not text:
+                entries = []
+            elif text.startswith(("[", "{")):
+                entries = _parse_json(text)
+            else:
+                entries = _parse_text(text)
+        else:
+            entries = _from_json(spec)
+        if len(entries) > MAX_STEPS:
+            raise _pipeline_error(
+                f"The pipeline has {len(entries)} steps; at most {MAX_STEPS} are allowed."
+            )
+        return cls([_make_step(position, *entry) for position, entry in enumerate(entries, 1)])
+
+    def to_json(self) -> list[dict[str, Any]]:
+        """Return the normalised JSON form: every step with every parameter."""
+        return [step.to_json() for step in self.steps]
+
+    def __str__(self) -> str:
+        return ",".join(repr(step) for step in self.steps)
+
+    def plan(self, sample_rate: int, channels: int) -> list[Stage]:
+        """Bind every step to the rate and channels it will see, and split the steps into stages."""
+        groups: list[tuple[list[Step], GlobalStep | None]] = []
+        current: list[Step] = []
+        for step in self.steps:
+            if isinstance(step, GlobalStep):
+                groups.append((current, step))
+                current = [step]
+            else:
+                current.append(step)
+        groups.append((current, None))
+        stages = []
+        for steps, boundary in groups:
+            stage = _bind_stage(steps, boundary, sample_rate, channels)
+            sample_rate, channels = stage.output_rate, stage.output_channels
+            stages.append(stage)
+        return stages
+
+    def __call__(self, samples: np.ndarray, sample_rate: int) -> tuple[np.ndarray, int]:
+        """Process a whole signal in one piece: the reference chunked processing must equal."""
+        samples = np.asarray(samples, dtype=np.float64)
+        if samples.ndim == 1:
+            samples = samples[:, np.newaxis]
+        block = Block(samples, sample_rate, 0)
+        for stage in self.plan(sample_rate, samples.shape[1]):
+            block = stage.run(block)
+            if stage.boundary is not None:
+                stage.boundary.reduce([stage.boundary.measure(block)])
+        return block.samples, block.sample_rate
+
+
+def _bind_stage(
+    steps: list[Step], boundary: GlobalStep | None, sample_rate: int, channels: int
+) -> Stage:
+    input_rate, input_channels = sample_rate, channels
+    rates = []
+    for step in steps:
+        step.bind(sample_rate, channels)
+        rates.append((sample_rate, step.output_rate(sample_rate)))
+        sample_rate, channels = step.output_rate(sample_rate), step.output_channels(channels)
+    if boundary is not None:
+        boundary.bind(sample_rate, channels)
+    pre_roll = 0
+    for step, (rate_in, rate_out) in zip(reversed(steps), reversed(rates), strict=True):
+        pre_roll = step.pre_roll() + math.ceil(pre_roll * rate_in / rate_out)
+    return Stage(steps, boundary, input_rate, input_channels, sample_rate, channels, pre_roll)

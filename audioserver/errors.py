@@ -1,0 +1,156 @@
+"""The server's exceptions, and the one place that turns them into JSON answers.
+
+Every error a client can cause is an ``AudioServerError``; its subclasses
+carry the HTTP status and a short machine-readable code::
+
+    AudioServerError              .status, .code, .message, .extra
+    ├── BadRequest                400  (missing_file, empty_filename, bad_json, ...)
+    │   └── ParameterError        400  invalid_parameter / invalid_pipeline
+    ├── TaskNotFound              404  task_not_found
+    ├── TaskConflict              409  task_finished / task_not_ready / task_failed
+    ├── PayloadTooLarge           413  too_large
+    ├── UnsupportedMedia          415  not_audio
+    │   └── DecodeError                (ffmpeg could not decode the upload)
+    └── AtCapacity                503  at_capacity (+ .retry_after seconds)
+
+The audio package raises ``ParameterError`` and ``DecodeError`` without
+knowing anything of HTTP; ``init_app`` registers the handlers that answer
+them, and every other ``HTTPException``, as ``{"error", "message"}`` JSON.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from werkzeug.exceptions import HTTPException
+
+logger = logging.getLogger(__name__)
+
+
+class AudioServerError(Exception):
+    """An error caused by what a client sent or asked for."""
+
+    status = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, *, code: str | None = None, **extra: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        self.extra = extra
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the JSON body of this error."""
+        return {"error": self.code, "message": self.message, **self.extra}
+
+
+class BadRequest(AudioServerError):
+    """The request is malformed or misses something required."""
+
+
+class ParameterError(BadRequest):
+    """A parameter (of the upload or of a pipeline step) is invalid."""
+
+    code = "invalid_parameter"
+
+
+class TaskNotFound(AudioServerError):
+    """No task has this id (or it was deleted)."""
+
+    status = 404
+    code = "task_not_found"
+
+
+class TaskConflict(AudioServerError):
+    """The task is in a state that does not allow the request."""
+
+    status = 409
+    code = "task_conflict"
+
+
+class PayloadTooLarge(AudioServerError):
+    """The upload is larger than the configured limit."""
+
+    status = 413
+    code = "too_large"
+
+
+class UnsupportedMedia(AudioServerError):
+    """The upload is not audio the server can decode."""
+
+    status = 415
+    code = "not_audio"
+
+
+class DecodeError(UnsupportedMedia):
+    """ffmpeg could not decode the upload (its own error line is in the message)."""
+
+
+class AtCapacity(AudioServerError):
+    """Too many tasks are running and waiting; the client should retry later."""
+
+    status = 503
+    code = "at_capacity"
+
+    def __init__(self, message: str, *, retry_after: int = 5, **extra: Any) -> None:
+        super().__init__(message, **extra)
+        self.retry_after = retry_after
+
+
+# Plain-words messages for the HTTP errors Flask/Werkzeug raise themselves.
+_HTTP_MESSAGES = {
+    404: "There is nothing at this address. See GET /openapi.json for the endpoints.",
+    405: "This endpoint does not accept that method. See GET /openapi.json.",
+    413: "The upload is larger than the server accepts.",
+}
+
+
+def error_response(status: int, code: str, message: str, /, **extra: Any):
+    """Return a Flask JSON response for an error."""
+    from flask import jsonify
+
+    response = jsonify({"error": code, "message": message, **extra})
+    response.status_code = status
+    return response
+
+
+def _handle_server_error(error: AudioServerError):
+    response = error_response(error.status, error.code, error.message, **error.extra)
+    if isinstance(error, AtCapacity):
+        response.headers["Retry-After"] = str(error.retry_after)
+    return response
+
+
+def _handle_http_exception(error: HTTPException):
+    status = error.code or 500
+    code = (error.name or "error").lower().replace(" ", "_")
+    message = _HTTP_MESSAGES.get(status) or error.description or error.name
+    if status == 413:
+        from flask import current_app
+
+        limit_mb = current_app.config["MAX_UPLOAD_MB"]
+        message = (
+            f"The upload is larger than the server's limit of {limit_mb:g} MB. "
+            "Send a smaller or more compressed file."
+        )
+        code = "too_large"
+    response = error_response(status, code, message)
+    if status == 405 and error.valid_methods:
+        response.headers["Allow"] = ", ".join(error.valid_methods)
+    return response
+
+
+def _handle_unexpected(error: Exception):
+    logger.exception("unhandled error while answering a request")
+    return error_response(
+        500, "internal_error", "The server failed unexpectedly; the error is logged."
+    )
+
+
+def init_app(app) -> None:
+    """Register the JSON error handlers on a Flask app."""
+    app.register_error_handler(AudioServerError, _handle_server_error)
+    app.register_error_handler(HTTPException, _handle_http_exception)
+    app.register_error_handler(Exception, _handle_unexpected)
