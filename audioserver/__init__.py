@@ -1,0 +1,58 @@
+"""Audio processing server: upload a file, get each processed chunk streamed back over Socket.IO."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from flask import Flask
+from flask_socketio import SocketIO
+
+from . import config, errors, routes
+from .audio.ffmpeg import configure_pydub, find_ffmpeg
+from .events import SocketBroadcaster, register_handlers
+from .tasks import TaskEngine
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the app: settings, Socket.IO, the task engine, error handlers and endpoints."""
+    app = Flask(
+        __name__,
+        template_folder=str(PROJECT_ROOT / "templates"),
+        static_folder=str(PROJECT_ROOT / "static"),
+    )
+    app.config.from_mapping(config.defaults())
+    app.config.update(config.from_environment())
+    if test_config:
+        app.config.update(test_config)
+    app.config["MAX_CONTENT_LENGTH"] = int(app.config["MAX_UPLOAD_MB"] * 1024 * 1024)
+    app.json.sort_keys = False
+    app.request_class = routes.UploadRequest
+
+    data_dir = Path(app.config["DATA_DIR"]).resolve()
+    (data_dir / routes.UPLOADS).mkdir(parents=True, exist_ok=True)
+    app.config["DATA_DIR"] = str(data_dir)
+    ffmpeg = find_ffmpeg(app.config["FFMPEG"])
+    configure_pydub(ffmpeg)
+
+    socketio = SocketIO(app, async_mode="threading")
+    engine = TaskEngine(
+        data_dir=data_dir,
+        ffmpeg=ffmpeg,
+        workers=app.config["WORKERS"],
+        max_active=app.config["MAX_ACTIVE_TASKS"],
+        max_queued=app.config["MAX_QUEUED_TASKS"],
+        chunk_window=app.config["CHUNK_WINDOW"],
+        max_audio_seconds=app.config["MAX_AUDIO_SECONDS"],
+        stall_seconds=app.config["DECODE_STALL_SECONDS"],
+        broadcaster=SocketBroadcaster(socketio),
+    )
+    app.extensions["audio_engine"] = engine
+
+    errors.init_app(app)
+    register_handlers(socketio, engine)
+    app.register_blueprint(routes.bp)
+    return app

@@ -1,0 +1,33 @@
+"""Client side: a Socket.IO client that sees the server's events in the order they were sent.
+
+python-engineio's client handles each incoming message on a thread of its
+own, so two messages can be handled at the same time: a script may see
+``audio_chunk`` 7 before 6, and a binary event's attachments can be matched
+with the wrong event. ``InOrderClient`` handles messages one by one in the
+read loop instead. Its event handlers must be short and must not wait for an
+ack (``call``) themselves.
+"""
+
+from __future__ import annotations
+
+import engineio
+import socketio
+
+
+class _InOrderEngineIOClient(engineio.Client):
+    """An Engine.IO client that handles each message in the read loop, in arrival order."""
+
+    def _trigger_event(self, event, *args, **kwargs):
+        if event == "message":
+            kwargs["run_async"] = False
+        return super()._trigger_event(event, *args, **kwargs)
+
+
+class InOrderClient(socketio.Client):
+    """A ``socketio.Client`` whose event handlers run one at a time, in arrival order."""
+
+    def _engineio_client_class(self):
+        return _InOrderEngineIOClient
+
+
+__all__ = ["InOrderClient"]

@@ -1,0 +1,148 @@
+"""Settings: their defaults, environment overrides and command-line flags.
+
+Each setting has one definition here. It can be set, from weakest to
+strongest, by its default, by the environment (``AUDIO_<NAME>``; ``HOST`` and
+``PORT`` also plainly), by a command-line flag of ``python app.py``
+(``--workers 4``) and, in tests, by ``create_app(test_config)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, kw_only=True)
+class Setting:
+    """One configurable value."""
+
+    name: str
+    default: Any
+    type: type
+    help: str
+    plain_env: bool = False  # also read from the environment without the AUDIO_ prefix
+
+    @property
+    def env_name(self) -> str:
+        return f"AUDIO_{self.name}"
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.lower().replace("_", "-")
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        name="HOST",
+        default="127.0.0.1",
+        type=str,
+        plain_env=True,
+        help="interface to listen on (0.0.0.0 for every interface)",
+    ),
+    Setting(name="PORT", default=5001, type=int, plain_env=True, help="TCP port"),
+    Setting(
+        name="DATA_DIR",
+        default="data",
+        type=str,
+        help="folder for uploads, produced chunks and results (one subfolder a task)",
+    ),
+    Setting(
+        name="WORKERS",
+        default=os.cpu_count() or 1,
+        type=int,
+        help="threads in the pool that processes the chunks of every task",
+    ),
+    Setting(
+        name="MAX_UPLOAD_MB",
+        default=500.0,
+        type=float,
+        help="largest upload accepted, in MB (larger: 413)",
+    ),
+    Setting(
+        name="MAX_ACTIVE_TASKS",
+        default=4,
+        type=int,
+        help="tasks processed at the same time (their chunks interleave in the pool)",
+    ),
+    Setting(
+        name="MAX_QUEUED_TASKS",
+        default=32,
+        type=int,
+        help="tasks waiting for a slot; beyond this an upload gets 503",
+    ),
+    Setting(
+        name="MAX_AUDIO_SECONDS",
+        default=4 * 3600.0,
+        type=float,
+        help="longest audio accepted, in seconds (decoding stops there)",
+    ),
+    Setting(
+        name="DECODE_STALL_SECONDS",
+        default=30.0,
+        type=float,
+        help="a decoder that produces nothing for this long is stopped and the task fails",
+    ),
+    Setting(
+        name="CHUNK_WINDOW",
+        default=0,
+        type=int,
+        help="chunks of one task in flight at once (0: twice the workers)",
+    ),
+    Setting(
+        name="FFMPEG",
+        default="",
+        type=str,
+        help="ffmpeg binary (default: ffmpeg on PATH, else the imageio-ffmpeg one)",
+    ),
+    Setting(name="LOG_LEVEL", default="INFO", type=str, help="DEBUG, INFO, WARNING or ERROR"),
+)
+
+
+def defaults() -> dict[str, Any]:
+    """Return every setting at its default."""
+    return {setting.name: setting.default for setting in SETTINGS}
+
+
+def _convert(setting: Setting, raw: str) -> Any:
+    try:
+        return setting.type(raw)
+    except ValueError:
+        raise SystemExit(
+            f"{setting.env_name}={raw!r} is not a valid {setting.type.__name__}"
+        ) from None
+
+
+def from_environment(environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
+    """Return the settings given in the environment."""
+    found = {}
+    for setting in SETTINGS:
+        names = [setting.env_name] + ([setting.name] if setting.plain_env else [])
+        for name in names:
+            if environ.get(name):
+                found[setting.name] = _convert(setting, environ[name])
+                break
+    return found
+
+
+def parse_command_line(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Return the settings given as command-line flags (``--help`` lists them)."""
+    parser = argparse.ArgumentParser(
+        prog="python app.py",
+        description="Audio processing server: upload, chunked parallel processing, "
+        "Socket.IO streaming of every processed chunk.",
+        epilog="Every flag can also be set in the environment as AUDIO_<NAME> "
+        "(HOST and PORT also plainly).",
+    )
+    for setting in SETTINGS:
+        parser.add_argument(
+            setting.flag,
+            dest=setting.name,
+            type=setting.type,
+            default=None,
+            help=f"{setting.help} (default: {setting.default}; env {setting.env_name})",
+        )
+    args = parser.parse_args(argv)
+    return {name: value for name, value in vars(args).items() if value is not None}

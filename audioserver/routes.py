@@ -1,0 +1,252 @@
+"""HTTP endpoints: upload, stop, task status, result, delete, the step catalogue, health."""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import unicodedata
+from pathlib import Path, PurePath
+from typing import Any
+from urllib.parse import quote
+
+from flask import Blueprint, Request, current_app, g, jsonify, render_template, request, send_file
+from werkzeug.datastructures import MultiDict
+
+from .audio.pipeline import MAX_STEPS, Pipeline
+from .audio.steps import Step
+from .errors import BadRequest, ParameterError, TaskConflict
+from .tasks import FORMATS, Status, TaskEngine, TaskOptions
+
+bp = Blueprint("api", __name__)
+
+UPLOADS = "uploads"
+CHUNK_SECONDS = (0.25, 60.0, 2.0)  # min, max, default
+MIME_TYPES = {"wav": "audio/wav"}
+
+
+class UploadRequest(Request):
+    """A request whose uploaded files go straight into the data directory.
+
+    Werkzeug would spool them to the system temp folder, and the server would
+    then copy them; here each part is written once, under DATA_DIR/uploads,
+    and moved into its task's folder. Parts no task claimed are deleted when
+    the request ends (see ``remove_unclaimed_uploads``).
+    """
+
+    def _get_file_stream(
+        self, total_content_length, content_type, filename=None, content_length=None
+    ):
+        folder = Path(current_app.config["DATA_DIR"]) / UPLOADS
+        part = tempfile.NamedTemporaryFile(  # noqa: SIM115  (closed by remove_unclaimed_uploads)
+            "w+b", dir=folder, prefix="upload-", suffix=".part", delete=False
+        )
+        g.setdefault("upload_parts", []).append(part)
+        return part
+
+
+@bp.teardown_app_request
+def remove_unclaimed_uploads(error: BaseException | None = None) -> None:
+    """Close every uploaded part and delete those no task took."""
+    for part in g.pop("upload_parts", []):
+        part.close()
+        Path(part.name).unlink(missing_ok=True)
+
+
+def _engine() -> TaskEngine:
+    return current_app.extensions["audio_engine"]
+
+
+# -- reading the upload's parameters -------------------------------------------
+
+
+def _number(form: MultiDict, name: str, low: float, high: float, default: float) -> float:
+    raw = form.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or not low <= value <= high:
+        raise ParameterError(
+            f"{name} must be a number from {low:g} to {high:g}, got {raw[:40]!r}.", parameter=name
+        )
+    return value
+
+
+def _boolean(form: MultiDict, name: str, default: bool) -> bool:
+    raw = form.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    word = raw.strip().lower()
+    if word in ("true", "1", "yes", "on"):
+        return True
+    if word in ("false", "0", "no", "off"):
+        return False
+    raise ParameterError(f"{name} must be true or false, got {raw[:40]!r}.", parameter=name)
+
+
+def _format(form: MultiDict) -> str:
+    raw = form.get("format")
+    if raw is None or raw.strip() == "":
+        return "wav"
+    name = raw.strip().lower()
+    if name not in FORMATS:
+        raise ParameterError(
+            f"format must be one of {', '.join(FORMATS)}, got {raw[:40]!r}.", parameter="format"
+        )
+    return name
+
+
+def _sid(form: MultiDict) -> str | None:
+    raw = form.get("sid")
+    if raw is None or raw == "":
+        return None
+    if len(raw) > 64 or not raw.isprintable():
+        raise ParameterError("sid is not a Socket.IO session id (use socket.id).", parameter="sid")
+    return raw
+
+
+def upload_options(form: MultiDict) -> TaskOptions:
+    """Return the task options of an upload form (raise ParameterError naming the bad one)."""
+    return TaskOptions(
+        pipeline=Pipeline.parse(form.get("pipeline")),
+        chunk_seconds=_number(form, "chunk_seconds", *CHUNK_SECONDS),
+        format=_format(form),
+        stream_audio=_boolean(form, "stream_audio", True),
+    )
+
+
+def clean_filename(name: str) -> str:
+    """Return the uploaded name for display only: no folders, no control characters, 255 at most."""
+    name = name.replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(char for char in name if char.isprintable()).strip()
+    return name[:255] or "audio"
+
+
+# -- endpoints ------------------------------------------------------------------
+
+
+@bp.get("/")
+def index():
+    """The upload page."""
+    return render_template("index.html")
+
+
+@bp.post("/upload")
+def upload():
+    """Accept a file and its options; answer 202 with the task while it is processed."""
+    engine = _engine()
+    engine.check_capacity()
+    options = upload_options(request.form)
+    subscriber = _sid(request.form)
+    file = request.files.get("file")
+    if file is None:
+        raise BadRequest(
+            "No file: send the audio as the multipart form field 'file' "
+            "(curl -F file=@song.mp3 ...).",
+            code="missing_file",
+        )
+    if not file.filename:
+        raise BadRequest(
+            "The uploaded file has no filename; choose a file to upload.", code="empty_filename"
+        )
+    path = Path(file.stream.name)
+    file.stream.close()
+    task = engine.create(
+        path, filename=clean_filename(file.filename), options=options, subscriber=subscriber
+    )
+    response = jsonify(engine.describe(task))
+    response.status_code = 202
+    response.headers["Location"] = f"/tasks/{task.id}"
+    return response
+
+
+def _stop_request_task_id() -> str:
+    data = request.get_json(force=True, silent=True)
+    if data is None:
+        raise BadRequest('The body must be JSON: {"task_id": "..."}.', code="bad_json")
+    if not isinstance(data, dict) or not isinstance(data.get("task_id"), str):
+        raise BadRequest(
+            'The body must be a JSON object with a string task_id: {"task_id": "..."}.',
+            code="invalid_parameter",
+            parameter="task_id",
+        )
+    return data["task_id"]
+
+
+@bp.post("/stop-processing")
+def stop_processing():
+    """Stop a task; its result keeps the chunks emitted before the stop."""
+    task = _engine().stop(_stop_request_task_id())
+    return jsonify({"message": "Processing stopped", "task_id": task.id, "status": "stopped"})
+
+
+@bp.get("/tasks/<task_id>")
+def task_status(task_id: str):
+    engine = _engine()
+    return jsonify(engine.describe(engine.get(task_id)))
+
+
+@bp.get("/tasks/<task_id>/result")
+def task_result(task_id: str):
+    """The processed file (for a stopped task: the chunks emitted before the stop)."""
+    task = _engine().get(task_id)
+    with task.lock:
+        status = task.status
+    if status in (Status.QUEUED, Status.PROCESSING):
+        raise TaskConflict(
+            f"The task is still {status}; the result is ready when it completes or is stopped.",
+            code="task_not_ready",
+            status=str(status),
+        )
+    if status == Status.FAILED:
+        raise TaskConflict(
+            "The task failed; it has no result.", code="task_failed", status=str(status)
+        )
+    extension = task.options.format
+    response = send_file(
+        task.store.path, mimetype=MIME_TYPES[extension], conditional=True, max_age=0
+    )
+    stem = PurePath(task.filename).stem or "audio"
+    response.headers["Content-Disposition"] = attachment(f"{stem}_processed.{extension}")
+    return response
+
+
+def attachment(filename: str) -> str:
+    """Return a Content-Disposition header: a quoted ASCII name, and the UTF-8 one if it differs."""
+    ascii_name = unicodedata.normalize("NFKD", filename).encode("ascii", "ignore").decode()
+    ascii_name = "".join(
+        "_" if char in '"\\' or not char.isprintable() else char for char in ascii_name
+    )
+    header = f'attachment; filename="{ascii_name}"'
+    if ascii_name != filename:
+        header += f"; filename*=UTF-8''{quote(filename, safe='')}"
+    return header
+
+
+@bp.delete("/tasks/<task_id>")
+def delete_task(task_id: str):
+    """Stop a task if it runs and delete it with its files."""
+    _engine().delete(task_id)
+    return jsonify({"message": "Task deleted", "task_id": task_id})
+
+
+@bp.get("/pipeline/steps")
+def pipeline_steps():
+    """The catalogue of steps, from the step definitions themselves."""
+    steps = [step.catalogue() for step in Step.registry.values()]
+    return jsonify(
+        {
+            "steps": steps,
+            "max_steps": MAX_STEPS,
+            "default_pipeline": "normalize",
+            "chunk_seconds": dict(zip(("min", "max", "default"), CHUNK_SECONDS, strict=True)),
+            "formats": list(FORMATS),
+        }
+    )
+
+
+@bp.get("/healthz")
+def healthz() -> dict[str, Any]:
+    return _engine().health()

@@ -1,0 +1,832 @@
+"""Tasks and the engine that runs them: the thread pool, ordered emission, stop flags, replay.
+
+One ``ThreadPoolExecutor`` processes the chunks of every task. Each active
+task has a runner thread that feeds it: it reads chunks from the decoder (or,
+after a global step, from the previous stage's spool) and submits them,
+never more than ``chunk_window`` at a time, so memory stays bounded and the
+chunks of active tasks interleave in the pool. Workers check the task's stop
+flag before and after each chunk. Results of the last stage go through a
+reorder buffer so that events leave in index order, under the task's lock;
+the same lock makes a late subscriber's replay meet the live stream with no
+gap and no duplicate.
+
+The engine knows nothing of Socket.IO: it reports through a ``Broadcaster``
+that ``events.py`` wires to ``socketio.emit``. Only this module starts threads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import logging
+import math
+import shutil
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from .audio import analysis
+from .audio.chunking import Chunk, Spool, decoded_chunks, spooled_chunks
+from .audio.decode import AudioInfo, Decoder
+from .audio.pipeline import Pipeline, Stage
+from .audio.steps import Block
+from .errors import (
+    AtCapacity,
+    AudioServerError,
+    BadRequest,
+    DecodeError,
+    TaskConflict,
+    TaskNotFound,
+)
+from .storage import ChunkStore, remove_folder
+
+logger = logging.getLogger(__name__)
+
+FORMATS = ("wav",)
+UPLOAD_NAME = "upload"
+
+
+class Status(enum.StrEnum):
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
+TERMINAL = frozenset({Status.COMPLETED, Status.STOPPED, Status.FAILED})
+
+
+class Broadcaster(Protocol):
+    """Where the engine sends events: a Socket.IO server, or a recorder in tests."""
+
+    def emit(self, event: str, data: dict[str, Any], *, to: str) -> None: ...
+    def join(self, sid: str, room: str) -> None: ...
+    def leave(self, sid: str, room: str) -> None: ...
+    def is_connected(self, sid: str) -> bool: ...
+    def resolve(self, sid: str) -> str | None: ...
+
+
+class NullBroadcaster:
+    """A broadcaster with no clients."""
+
+    def emit(self, event: str, data: dict[str, Any], *, to: str) -> None:
+        pass
+
+    def join(self, sid: str, room: str) -> None:
+        pass
+
+    def leave(self, sid: str, room: str) -> None:
+        pass
+
+    def is_connected(self, sid: str) -> bool:
+        return False
+
+    def resolve(self, sid: str) -> str | None:
+        return None
+
+
+@dataclass(frozen=True, kw_only=True)
+class TaskOptions:
+    """What the client chose for a task."""
+
+    pipeline: Pipeline
+    chunk_seconds: float = 2.0
+    format: str = "wav"
+    stream_audio: bool = True
+
+
+class Window:
+    """Bounds a task's chunks between submission and emission; cancelling frees every waiter."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._in_use = 0
+        self._cancelled = False
+        self._condition = threading.Condition()
+
+    def acquire(self) -> bool:
+        """Take a slot, waiting for one; False if the window was cancelled."""
+        with self._condition:
+            while self._in_use >= self.size and not self._cancelled:
+                self._condition.wait()
+            if self._cancelled:
+                return False
+            self._in_use += 1
+            return True
+
+    def release(self) -> None:
+        with self._condition:
+            self._in_use -= 1
+            self._condition.notify_all()
+
+    def drain(self) -> bool:
+        """Wait until every slot is released; False if the window was cancelled."""
+        with self._condition:
+            while self._in_use > 0 and not self._cancelled:
+                self._condition.wait()
+            return not self._cancelled
+
+    def cancel(self) -> None:
+        with self._condition:
+            self._cancelled = True
+            self._condition.notify_all()
+
+
+class JobCounter:
+    """Counts a task's jobs in the pool, so its files are closed only when none can touch them."""
+
+    def __init__(self) -> None:
+        self._running = 0
+        self._condition = threading.Condition()
+
+    def add(self) -> None:
+        with self._condition:
+            self._running += 1
+
+    def done(self) -> None:
+        with self._condition:
+            self._running -= 1
+            self._condition.notify_all()
+
+    def wait_idle(self) -> None:
+        with self._condition:
+            while self._running:
+                self._condition.wait()
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z") if moment else None
+
+
+class Task:
+    """One uploaded file going through its pipeline, and everything it has produced."""
+
+    def __init__(
+        self,
+        *,
+        task_id: str,
+        filename: str,
+        folder: Path,
+        info: AudioInfo,
+        options: TaskOptions,
+        stages: list[Stage],
+        window: int,
+    ) -> None:
+        self.id = task_id
+        self.filename = filename
+        self.folder = folder
+        self.info = info
+        self.options = options
+        self.stages = stages
+        self.status = Status.QUEUED
+        self.created_at = _now()
+        self.started_at: datetime | None = None
+        self.finished_at: datetime | None = None
+        self.error: dict[str, str] | None = None
+        self.summary: dict[str, Any] | None = None
+        self.terminal: tuple[str, dict[str, Any]] | None = None
+        self.duration = info.duration
+        self.log = logging.LoggerAdapter(logger, {"task_id": task_id})
+        # Everything below is guarded by self.lock.
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.window = Window(window)
+        self.jobs = JobCounter()
+        self.decoder: Decoder | None = None
+        self.next_index = 0
+        self.reorder: dict[int, tuple[dict[str, Any], bytes]] = {}
+        self.chunks_final: int | None = None
+        self.work_done = 0
+        self.peak = 0.0
+        self.output_frames = 0
+        self.replays: dict[str, int] = {}
+        self.deleted = False
+        self.runner_done = False
+        self.retired = threading.Event()  # set when no thread of the task touches its files
+        last = stages[-1]
+        self.store = ChunkStore(folder, sample_rate=last.output_rate, channels=last.output_channels)
+
+    @property
+    def room(self) -> str:
+        return f"task:{self.id}"
+
+    def chunk_frames(self, stage: int) -> int:
+        """Frames of a chunk at the input of a stage."""
+        return max(1, round(self.options.chunk_seconds * self.stages[stage].input_rate))
+
+    @property
+    def chunks_total(self) -> int | None:
+        """The number of chunks: exact once decoding ended, else estimated from the duration."""
+        if self.chunks_final is not None:
+            return self.chunks_final
+        if self.duration is None:
+            return None
+        frames = self.duration * self.stages[-1].input_rate
+        return max(self.next_index, math.ceil(frames / self.chunk_frames(len(self.stages) - 1)))
+
+    @property
+    def progress(self) -> float:
+        if self.status == Status.COMPLETED:
+            return 1.0
+        total = self.chunks_total
+        if not total:
+            return 0.0
+        return min(1.0, self.work_done / (total * len(self.stages)))
+
+    @property
+    def elapsed(self) -> float:
+        if self.started_at is None:
+            return 0.0
+        return ((self.finished_at or _now()) - self.started_at).total_seconds()
+
+    def to_json(self, *, workers: int) -> dict[str, Any]:
+        """Return the task as the API shows it."""
+        last = self.stages[-1]
+        return {
+            "task_id": self.id,
+            "status": str(self.status),
+            "filename": self.filename,
+            "duration": self.duration,
+            "sample_rate": last.output_rate,
+            "channels": last.output_channels,
+            "input": {
+                "sample_rate": self.info.sample_rate,
+                "channels": self.info.channels,
+                "codec": self.info.codec,
+                "duration": self.info.duration,
+            },
+            "chunk_seconds": self.options.chunk_seconds,
+            "chunks_total": self.chunks_total,
+            "chunks_done": self.next_index,
+            "progress": round(self.progress, 4),
+            "pipeline": self.options.pipeline.to_json(),
+            "format": self.options.format,
+            "stream_audio": self.options.stream_audio,
+            "workers": workers,
+            "created_at": _iso(self.created_at),
+            "started_at": _iso(self.started_at),
+            "finished_at": _iso(self.finished_at),
+            "elapsed": round(self.elapsed, 3),
+            "error": self.error,
+            "summary": self.summary,
+            "links": {
+                "status": f"/tasks/{self.id}",
+                "result": f"/tasks/{self.id}/result",
+                "stop": "/stop-processing",
+            },
+        }
+
+
+class TaskEngine:
+    """Accepts tasks, runs them on one shared thread pool, and reports their events."""
+
+    def __init__(
+        self,
+        *,
+        data_dir: Path,
+        ffmpeg: str,
+        workers: int = 2,
+        max_active: int = 4,
+        max_queued: int = 32,
+        chunk_window: int = 0,
+        max_audio_seconds: float = 4 * 3600.0,
+        stall_seconds: float = 30.0,
+        broadcaster: Broadcaster | None = None,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.ffmpeg = ffmpeg
+        self.workers = workers
+        self.max_active = max_active
+        self.max_queued = max_queued
+        self.chunk_window = chunk_window or max(2, 2 * workers)
+        self.max_audio_seconds = max_audio_seconds
+        self.stall_seconds = stall_seconds
+        self.broadcaster: Broadcaster = broadcaster or NullBroadcaster()
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="worker")
+        self._lock = threading.Lock()
+        self._tasks: dict[str, Task] = {}
+        self._queue: deque[Task] = deque()
+        self._active: set[str] = set()
+        self._closed = False
+
+    # -- looking up -------------------------------------------------------------
+
+    def get(self, task_id: str) -> Task:
+        """Return a task, or raise TaskNotFound."""
+        task = self._tasks.get(task_id) if isinstance(task_id, str) else None
+        if task is None:
+            raise TaskNotFound(
+                "No task has this id; it may have been deleted. Upload the file again."
+            )
+        return task
+
+    def describe(self, task: Task) -> dict[str, Any]:
+        """Return a task's JSON."""
+        with task.lock:
+            return task.to_json(workers=self.workers)
+
+    def health(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "status": "ok",
+                "workers": self.workers,
+                "active_tasks": len(self._active),
+                "queued_tasks": len(self._queue),
+            }
+
+    # -- accepting --------------------------------------------------------------
+
+    def check_capacity(self) -> None:
+        """Raise AtCapacity if a new task could neither start nor wait."""
+        with self._lock:
+            self._check_capacity_locked()
+
+    def _check_capacity_locked(self) -> None:
+        if self._closed:
+            raise AtCapacity("The server is shutting down. Try again in a moment.", retry_after=10)
+        if len(self._active) >= self.max_active and len(self._queue) >= self.max_queued:
+            raise AtCapacity(
+                f"The server is at capacity ({len(self._active)} tasks running, "
+                f"{len(self._queue)} waiting). Try again in a few seconds.",
+                retry_after=5,
+            )
+
+    def open_decoder(self, path: Path) -> Decoder:
+        """Start decoding a file (raise DecodeError if it is not audio)."""
+        return Decoder(
+            path,
+            ffmpeg=self.ffmpeg,
+            max_seconds=self.max_audio_seconds,
+            stall_seconds=self.stall_seconds,
+        )
+
+    def create(
+        self, upload: Path, *, filename: str, options: TaskOptions, subscriber: str | None = None
+    ) -> Task:
+        """Take an uploaded file (moved into the task's folder) and queue its task.
+
+        Raises AtCapacity, DecodeError (not audio) or ParameterError (a step
+        cannot run at the file's sample rate); the upload is deleted then.
+        """
+        self.check_capacity()
+        if subscriber is not None:
+            subscriber = self.broadcaster.resolve(subscriber)
+            if subscriber is None:
+                Path(upload).unlink(missing_ok=True)
+                raise BadRequest(
+                    "sid is not a connected Socket.IO client. Connect first, then send socket.id.",
+                    code="invalid_parameter",
+                    parameter="sid",
+                )
+        task_id = uuid.uuid4().hex
+        folder = self.data_dir / task_id
+        folder.mkdir()
+        try:
+            source = folder / UPLOAD_NAME
+            shutil.move(upload, source)
+            task = self._prepare(task_id, folder, filename, options)
+        except BaseException:
+            remove_folder(folder)
+            raise
+        if subscriber is not None:
+            self.broadcaster.join(subscriber, task.room)
+        self._enqueue(task)
+        return task
+
+    def _prepare(self, task_id: str, folder: Path, filename: str, options: TaskOptions) -> Task:
+        decoder = self.open_decoder(folder / UPLOAD_NAME)
+        try:
+            info = decoder.info
+            if info.duration is not None and info.duration > self.max_audio_seconds:
+                raise DecodeError(
+                    f"The audio lasts {info.duration:.0f} s; the server takes at most "
+                    f"{self.max_audio_seconds:.0f} s. Split the file and upload the parts."
+                )
+            stages = options.pipeline.plan(info.sample_rate, info.channels)
+            task = Task(
+                task_id=task_id,
+                filename=filename,
+                folder=folder,
+                info=info,
+                options=options,
+                stages=stages,
+                window=self.chunk_window,
+            )
+        except BaseException:
+            decoder.close()
+            raise
+        task.decoder = decoder
+        return task
+
+    def _enqueue(self, task: Task) -> None:
+        with self._lock:
+            try:
+                self._check_capacity_locked()
+            except AtCapacity:
+                self._discard_unstarted(task)
+                raise
+            self._tasks[task.id] = task
+            self._queue.append(task)
+            task.log.info(
+                "accepted %r: %s, %d Hz, %d ch, %.1f s, pipeline %r, chunks of %g s",
+                task.filename, task.info.codec, task.info.sample_rate, task.info.channels,
+                task.info.duration or -1, str(task.options.pipeline), task.options.chunk_seconds,
+            )  # fmt: skip
+            self._admit_locked()
+            if task.status == Status.QUEUED and task.decoder is not None:
+                # Waiting tasks hold no ffmpeg process; it starts again with the task.
+                task.decoder.close()
+                task.decoder = None
+
+    def _discard_unstarted(self, task: Task) -> None:
+        if task.decoder is not None:
+            task.decoder.close()
+        task.store.close()
+        remove_folder(task.folder)
+
+    def _admit_locked(self) -> None:
+        while self._queue and len(self._active) < self.max_active and not self._closed:
+            task = self._queue.popleft()
+            self._active.add(task.id)
+            with task.lock:
+                task.status = Status.PROCESSING
+                task.started_at = _now()
+            runner = threading.Thread(
+                target=self._run, args=(task,), name=f"task-{task.id[:8]}", daemon=True
+            )
+            runner.start()
+
+    # -- running ----------------------------------------------------------------
+
+    def _run(self, task: Task) -> None:
+        task.log.info("started")
+        try:
+            if task.decoder is None:
+                task.decoder = self.open_decoder(task.folder / UPLOAD_NAME)
+            if self._run_stages(task):
+                self._complete(task)
+        except DecodeError as error:
+            self._fail(task, "decode_failed", error.message)
+        except Exception as error:  # a bug or a failing step: this task fails, the pool goes on
+            task.log.exception("processing failed")
+            self._fail(task, "processing_failed", f"Processing failed: {error}")
+        finally:
+            self._retire(task)
+
+    def _run_stages(self, task: Task) -> bool:
+        """Run every stage; return True if the task ran to the end."""
+        source: Iterator[Chunk] = decoded_chunks(
+            task.decoder, chunk_frames=task.chunk_frames(0), pre_roll=task.stages[0].pre_roll
+        )
+        spool: Spool | None = None
+        try:
+            for number, stage in enumerate(task.stages):
+                last = number == len(task.stages) - 1
+                previous, spool = spool, None
+                if not last:
+                    spool = Spool(
+                        task.folder / f"spool-{number}.f32",
+                        channels=stage.output_channels,
+                        sample_rate=stage.output_rate,
+                    )
+                measurements: dict[int, Any] = {}
+                count = self._map_stage(task, stage, source, spool, measurements, last=last)
+                if previous is not None:
+                    previous.close()
+                if count is None:
+                    return False
+                if not last:
+                    stage.boundary.reduce([measurements[index] for index in range(count)])
+                    task.log.info("stage %d measured: %s", number, stage.boundary.report())
+                    source = spooled_chunks(
+                        spool,
+                        chunk_frames=task.chunk_frames(number + 1),
+                        pre_roll=task.stages[number + 1].pre_roll,
+                    )
+            return True
+        finally:
+            task.jobs.wait_idle()
+            if spool is not None:
+                spool.close()
+
+    def _map_stage(
+        self,
+        task: Task,
+        stage: Stage,
+        source: Iterator[Chunk],
+        spool: Spool | None,
+        measurements: dict[int, Any],
+        *,
+        last: bool,
+    ) -> int | None:
+        """Submit every chunk of a stage and wait for all; return the count, None if stopped."""
+        count = 0
+        for chunk in source:
+            if not task.window.acquire():
+                return None
+            task.jobs.add()
+            self._pool.submit(self._process, task, stage, chunk, spool, measurements)
+            count += 1
+        self._source_ended(task, stage, count, last=last)
+        if not task.window.drain():
+            return None
+        return count
+
+    def _source_ended(self, task: Task, stage: Stage, count: int, *, last: bool) -> None:
+        """Record what the end of a stage's input tells: the exact duration, the chunk count."""
+        with task.lock:
+            if stage is task.stages[0]:
+                task.duration = task.decoder.frames_read / task.info.sample_rate
+            if last:
+                task.chunks_final = count
+
+    def _process(
+        self,
+        task: Task,
+        stage: Stage,
+        chunk: Chunk,
+        spool: Spool | None,
+        measurements: dict[int, Any],
+    ) -> None:
+        """Process one chunk in a worker thread."""
+        try:
+            if task.stopping.is_set():
+                task.window.release()  # dropped: a stopped task never holds a worker
+                return
+            started = time.perf_counter()
+            source = chunk.block
+            block = stage.run(
+                Block(
+                    source.samples.astype(np.float64), source.sample_rate, source.start, source.pre
+                )
+            )
+            if spool is not None:
+                spool.write(block.start, block.samples)
+                measurements[chunk.index] = stage.boundary.measure(block)
+                with task.lock:
+                    task.work_done += 1
+                task.window.release()
+            else:
+                meta, pcm = self._finish_chunk(task, chunk.index, block, started)
+                self._deliver(task, chunk.index, meta, pcm)
+        except Exception as error:
+            task.log.exception("chunk %d failed", chunk.index)
+            self._fail(task, "processing_failed", f"Chunk {chunk.index} failed: {error}")
+        finally:
+            task.jobs.done()
+
+    def _finish_chunk(
+        self, task: Task, index: int, block: Block, started: float
+    ) -> tuple[dict[str, Any], bytes]:
+        """Return the analysis and 16-bit PCM of a processed chunk."""
+        rate = block.sample_rate
+        samples = np.clip(block.samples, -1.0, 1.0)
+        peak_db, rms_db = analysis.levels(samples)
+        meta = {
+            "task_id": task.id,
+            "index": index,
+            "start": block.start / rate,
+            "duration": len(samples) / rate,
+            "sample_rate": rate,
+            "channels": block.channels,
+            "peak_db": round(peak_db, 2),
+            "rms_db": round(rms_db, 2),
+            "waveform": analysis.waveform(samples, sample_rate=rate),
+            "spectrum": analysis.spectrum(samples, sample_rate=rate),
+            "encoding": "pcm_s16le",
+            "frames": len(samples),
+            "peak": float(np.max(np.abs(samples))) if samples.size else 0.0,
+        }
+        pcm = analysis.to_pcm16(samples)
+        meta["processing_ms"] = round((time.perf_counter() - started) * 1000, 2)
+        meta["worker"] = threading.current_thread().name
+        return meta, pcm
+
+    def _deliver(self, task: Task, index: int, meta: dict[str, Any], pcm: bytes) -> None:
+        """Put a processed chunk in the reorder buffer, and emit every chunk now in order."""
+        with task.lock:
+            if task.status in TERMINAL:
+                task.window.release()
+                return
+            task.reorder[index] = (meta, pcm)
+            while task.next_index in task.reorder:
+                meta, pcm = task.reorder.pop(task.next_index)
+                task.store.append(meta, pcm)
+                task.peak = max(task.peak, meta["peak"])
+                task.output_frames += meta["frames"]
+                self._emit_chunk(task, meta, pcm, to=task.room)
+                task.next_index += 1
+                task.work_done += 1
+                task.window.release()
+
+    def _emit_chunk(self, task: Task, meta: dict[str, Any], pcm: bytes, *, to: str) -> None:
+        """Send one audio_chunk event (call with task.lock held)."""
+        payload = {key: value for key, value in meta.items() if key not in ("frames", "peak")}
+        payload["chunks_total"] = task.chunks_total
+        if task.options.stream_audio:
+            payload["audio"] = pcm
+        self.broadcaster.emit("audio_chunk", payload, to=to)
+
+    # -- ending -----------------------------------------------------------------
+
+    def _end(
+        self, task: Task, status: Status, event: str, describe: Callable[[], dict[str, Any]]
+    ) -> bool:
+        """Move a task to a terminal status and send its terminal event; False if it had ended.
+
+        describe() builds the event's data under the task's lock, after the
+        last chunk: the counts it reports are final.
+        """
+        with task.lock:
+            if task.status in TERMINAL:
+                return False
+            task.status = status
+            task.finished_at = _now()
+            task.stopping.set()
+            task.reorder.clear()
+            task.store.finalize()
+            data = describe()
+            task.terminal = (event, data)
+            self.broadcaster.emit(event, data, to=task.room)
+        task.window.cancel()
+        if task.decoder is not None:
+            task.decoder.kill()
+        self._finished(task)
+        return True
+
+    def _complete(self, task: Task) -> None:
+        def describe() -> dict[str, Any]:
+            task.duration = task.output_frames / task.stages[-1].output_rate
+            task.summary = self._summary(task)
+            elapsed = task.elapsed
+            return {
+                "task_id": task.id,
+                "chunks": task.next_index,
+                "duration": task.duration,
+                "elapsed": round(elapsed, 3),
+                "realtime_factor": round(task.duration / elapsed, 2) if elapsed > 0 else None,
+                "summary": task.summary,
+                "result_url": f"/tasks/{task.id}/result",
+            }
+
+        if self._end(task, Status.COMPLETED, "processing_complete", describe):
+            data = task.terminal[1]
+            task.log.info(
+                "completed: %d chunks, %.1f s of audio in %.2f s (%sx realtime)",
+                data["chunks"], data["duration"], data["elapsed"], data["realtime_factor"],
+            )  # fmt: skip
+
+    def _summary(self, task: Task) -> dict[str, Any]:
+        return {
+            "integrated_lufs": None,
+            "true_peak_db": None,
+            "sample_peak_db": round(float(analysis.to_db(task.peak)), 2),
+            "loudness_range_lu": None,
+            "duration": task.output_frames / task.stages[-1].output_rate,
+        }
+
+    def _fail(self, task: Task, code: str, message: str) -> None:
+        def describe() -> dict[str, Any]:
+            task.error = {"error": code, "message": message}
+            return {"task_id": task.id, "error": code, "message": message}
+
+        if self._end(task, Status.FAILED, "processing_error", describe):
+            task.log.warning("failed: %s", message)
+
+    def stop(self, task_id: str, *, reason: str = "requested") -> Task:
+        """Stop a task now; stopping a stopped task again is fine, a finished one is a conflict."""
+        task = self.get(task_id)
+        with task.lock:
+            status = task.status
+        if status in (Status.COMPLETED, Status.FAILED):
+            raise TaskConflict(
+                f"The task has already {'completed' if status == Status.COMPLETED else 'failed'}; "
+                "there is nothing to stop.",
+                code="task_finished",
+                status=str(status),
+            )
+
+        def describe() -> dict[str, Any]:
+            return {"task_id": task.id, "chunks_emitted": task.next_index, "reason": reason}
+
+        if self._end(task, Status.STOPPED, "processing_stopped", describe):
+            task.log.info("stopped (%s) after %d chunks", reason, task.next_index)
+            if status == Status.QUEUED:
+                self._retire(task)
+        return task
+
+    def _finished(self, task: Task) -> None:
+        """Free the task's slot and start waiting tasks."""
+        with self._lock:
+            self._active.discard(task.id)
+            if task in self._queue:
+                self._queue.remove(task)
+            self._admit_locked()
+
+    def _retire(self, task: Task) -> None:
+        """Release what a task no longer needs once no job of it runs: its decoder and upload."""
+        task.jobs.wait_idle()
+        if task.decoder is not None:
+            task.decoder.close()
+        (task.folder / UPLOAD_NAME).unlink(missing_ok=True)
+        with task.lock:
+            task.runner_done = True
+            deleted = task.deleted
+        if deleted:
+            remove_folder(task.folder)
+        task.retired.set()
+
+    def delete(self, task_id: str) -> None:
+        """Stop a task if it runs, forget it and delete its files."""
+        task = self.get(task_id)
+        with contextlib.suppress(TaskConflict):
+            self.stop(task_id, reason="deleted")
+        with self._lock:
+            self._tasks.pop(task.id, None)
+        with task.lock:
+            task.deleted = True
+            task.replays.clear()
+            task.store.close()
+            remove_now = task.runner_done or task.started_at is None
+        if remove_now:
+            remove_folder(task.folder)
+        task.log.info("deleted")
+
+    def shutdown(self) -> None:
+        """Stop every task (reason shutdown) and the pool."""
+        with self._lock:
+            self._closed = True
+            running = [task.id for task in self._tasks.values() if task.status not in TERMINAL]
+        for task_id in running:
+            with contextlib.suppress(AudioServerError):
+                self.stop(task_id, reason="shutdown")
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    # -- subscribing ------------------------------------------------------------
+
+    def subscribe(self, task_id: str, sid: str, *, from_index: int = 0) -> Task:
+        """Send a client every chunk from from_index on, then the live stream (or the end)."""
+        task = self.get(task_id)
+        with task.lock:
+            if from_index > task.next_index:
+                raise BadRequest(
+                    f"from_index {from_index} is beyond the {task.next_index} chunks produced "
+                    "so far. Ask for a chunk that exists (0 for all).",
+                    code="invalid_parameter",
+                    parameter="from_index",
+                )
+            self.broadcaster.leave(sid, task.room)
+            generation = task.replays.get(sid, 0) + 1
+            task.replays[sid] = generation
+        replay = threading.Thread(
+            target=self._replay,
+            args=(task, sid, from_index, generation),
+            name=f"replay-{task.id[:8]}",
+            daemon=True,
+        )
+        replay.start()
+        return task
+
+    def unsubscribe(self, task_id: str, sid: str) -> None:
+        """Stop sending a task's events to a client."""
+        task = self.get(task_id)
+        with task.lock:
+            task.replays.pop(sid, None)
+            self.broadcaster.leave(sid, task.room)
+
+    def _replay(self, task: Task, sid: str, cursor: int, generation: int) -> None:
+        """Catch a subscriber up from the store, then hand it to the live room.
+
+        Each chunk is read and sent under the task's lock, so a newer subscribe
+        or a delete (which closes the store) cuts the replay off cleanly; when
+        the replay has caught up, joining the room happens under the same lock
+        as live emission, so nothing falls between the two.
+        """
+        while self.broadcaster.is_connected(sid):
+            with task.lock:
+                if task.replays.get(sid) != generation:
+                    return
+                if cursor >= task.next_index:
+                    self.broadcaster.join(sid, task.room)
+                    if task.terminal is not None:
+                        event, data = task.terminal
+                        self.broadcaster.emit(event, data, to=sid)
+                    return
+                meta, pcm = task.store.read(cursor)
+                self._emit_chunk(task, meta, pcm, to=sid)
+            cursor += 1

@@ -1,0 +1,47 @@
+"""The Socket.IO layer: every message's packets leave together, whichever thread sends them."""
+
+from __future__ import annotations
+
+import threading
+
+from socketio import packet
+
+
+def test_a_binary_event_cannot_be_split_by_another_send(live_server, listen):
+    listener = listen(live_server.url)
+    socketio = live_server.app.extensions["socketio"]
+    broadcaster = live_server.engine.broadcaster
+    server = socketio.server
+    sent: list[str] = []
+    header_sent, resume = threading.Event(), threading.Event()
+    send_packet = server.eio.send_packet
+
+    def recording_send_packet(eio_sid, eio_packet):
+        data = eio_packet.data
+        sent.append("attachment" if isinstance(data, bytes) else data[:1])
+        if sent == ["5"]:  # a binary event's header (Socket.IO type 5): hold it here
+            header_sent.set()
+            resume.wait(10)
+        send_packet(eio_sid, eio_packet)
+
+    server.eio.send_packet = recording_send_packet
+    try:
+        sid = listener.sid
+        emitter = threading.Thread(
+            target=broadcaster.emit, args=("probe", {"audio": b"\x00\x01"}), kwargs={"to": sid}
+        )
+        emitter.start()
+        assert header_sent.wait(10), sent
+        eio_sid = server.manager.eio_sid_from_sid(sid, "/")
+        ack = packet.Packet(packet.ACK, namespace="/", data=[{"ok": True}], id=1)
+        acker = threading.Thread(target=server._send_packet, args=(eio_sid, ack))
+        acker.start()
+        acker.join(0.3)
+        assert acker.is_alive()  # held back: the event's attachment has not gone yet
+        resume.set()
+        emitter.join(10)
+        acker.join(10)
+    finally:
+        resume.set()
+        server.eio.send_packet = send_packet
+    assert sent == ["5", "attachment", "3"]  # header, its attachment, then the ack (type 3)
