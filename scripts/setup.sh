@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Create .venv (Python 3.11+) and install the requirements; fast when nothing changed.
+# Usage: scripts/setup.sh [requirements file]   (default: requirements.txt)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+requirements="${1:-requirements.txt}"
+python="${PYTHON:-python3}"
+
+if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+    echo "Python 3.11 or newer is needed (found: $("$python" --version 2>&1)). Set PYTHON=..." >&2
+    exit 1
+fi
+if [ ! -x .venv/bin/python ]; then
+    "$python" -m venv .venv
+fi
+stamp=".venv/.setup-stamp-$(basename "$requirements")"
+digest="$(cat requirements*.txt pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$digest" ]; then
+    .venv/bin/python -m pip install --quiet --upgrade pip
+    .venv/bin/python -m pip install --quiet -r "$requirements"
+    # The project itself, editable: scripts and examples can import audioserver.
+    .venv/bin/python -m pip install --quiet --no-deps -e .
+    echo "$digest" > "$stamp"
+fi
