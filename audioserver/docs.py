@@ -1,12 +1,18 @@
 """Markdown tables for the README, made from the definitions themselves.
 
-``python -m audioserver.docs`` prints them; a test checks that the README
-holds exactly these tables, so the documentation cannot drift from the code.
+``python -m audioserver.docs`` prints them, ``--write`` puts them into the
+README between its ``<!-- name:begin -->`` and ``<!-- name:end -->`` markers;
+a test checks that the README holds exactly these tables, so the
+documentation cannot drift from the code.
 """
 
 from __future__ import annotations
 
-from .audio.steps import Step
+import re
+import sys
+from pathlib import Path
+
+from .audio.steps import catalogue
 from .config import SETTINGS
 
 
@@ -25,7 +31,7 @@ def steps_table() -> str:
         "| step | kind | parameters (default, range, unit) | example |",
         "|---|---|---|---|",
     ]
-    for step in Step.registry.values():
+    for step in catalogue():
         params = "<br>".join(
             f"`{p.name}` ({'required' if p.default is None else f'{p.default:g}'}, "
             f"{_range(p)}{', ' + p.unit if p.unit else ''})"
@@ -34,7 +40,7 @@ def steps_table() -> str:
         lines.append(
             f"| `{step.name}` | {step.kind} | {params or '-'} | `{step.example or step.name}` |"
         )
-    descriptions = [f"- `{step.name}`: {step.description}" for step in Step.registry.values()]
+    descriptions = [f"- `{step.name}`: {step.description}" for step in catalogue()]
     return "\n".join([*lines, "", *descriptions])
 
 
@@ -50,5 +56,20 @@ def settings_table() -> str:
     return "\n".join(lines)
 
 
+SECTIONS = {"steps": steps_table, "settings": settings_table}
+
+
+def write_readme(path: Path) -> None:
+    """Replace every generated section of the README with its current table."""
+    text = path.read_text()
+    for name, table in SECTIONS.items():
+        pattern = re.compile(rf"(<!-- {name}:begin -->\n).*?(\n<!-- {name}:end -->)", re.S)
+        text = pattern.sub(lambda match, table=table: match[1] + table() + match[2], text)
+    path.write_text(text)
+
+
 if __name__ == "__main__":
-    print(steps_table(), "", settings_table(), sep="\n")
+    if sys.argv[1:] == ["--write"]:
+        write_readme(Path(__file__).resolve().parent.parent / "README.md")
+    else:
+        print(steps_table(), "", settings_table(), sep="\n")

@@ -12,16 +12,16 @@ from urllib.parse import quote
 from flask import Blueprint, Request, current_app, g, jsonify, render_template, request, send_file
 from werkzeug.datastructures import MultiDict
 
+from .audio.encoders import FORMATS
 from .audio.pipeline import MAX_STEPS, Pipeline
-from .audio.steps import Step
-from .errors import BadRequest, ParameterError, TaskConflict
-from .tasks import FORMATS, Status, TaskEngine, TaskOptions
+from .audio.steps import catalogue
+from .errors import BadRequest, ParameterError
+from .tasks import TaskEngine, TaskOptions
 
 bp = Blueprint("api", __name__)
 
 UPLOADS = "uploads"
 CHUNK_SECONDS = (0.25, 60.0, 2.0)  # min, max, default
-MIME_TYPES = {"wav": "audio/wav"}
 
 
 class UploadRequest(Request):
@@ -191,26 +191,21 @@ def task_status(task_id: str):
 @bp.get("/tasks/<task_id>/result")
 def task_result(task_id: str):
     """The processed file (for a stopped task: the chunks emitted before the stop)."""
-    task = _engine().get(task_id)
-    with task.lock:
-        status = task.status
-    if status in (Status.QUEUED, Status.PROCESSING):
-        raise TaskConflict(
-            f"The task is still {status}; the result is ready when it completes or is stopped.",
-            code="task_not_ready",
-            status=str(status),
-        )
-    if status == Status.FAILED:
-        raise TaskConflict(
-            "The task failed; it has no result.", code="task_failed", status=str(status)
-        )
-    extension = task.options.format
-    response = send_file(
-        task.store.path, mimetype=MIME_TYPES[extension], conditional=True, max_age=0
-    )
+    engine = _engine()
+    task = engine.get(task_id)
+    path = engine.result(task)
+    spec = FORMATS[task.options.format]
+    response = send_file(path, mimetype=spec.mime_type, conditional=True, max_age=0)
     stem = PurePath(task.filename).stem or "audio"
-    response.headers["Content-Disposition"] = attachment(f"{stem}_processed.{extension}")
+    response.headers["Content-Disposition"] = attachment(f"{stem}_processed.{spec.extension}")
     return response
+
+
+@bp.get("/tasks/<task_id>/waveform.json")
+def task_waveform(task_id: str):
+    """The output's waveform in BBC audiowaveform JSON (version 2), as peaks.js reads it."""
+    engine = _engine()
+    return jsonify(engine.waveform(engine.get(task_id)))
 
 
 def attachment(filename: str) -> str:
@@ -235,14 +230,14 @@ def delete_task(task_id: str):
 @bp.get("/pipeline/steps")
 def pipeline_steps():
     """The catalogue of steps, from the step definitions themselves."""
-    steps = [step.catalogue() for step in Step.registry.values()]
+    steps = [step.catalogue() for step in catalogue()]
     return jsonify(
         {
             "steps": steps,
             "max_steps": MAX_STEPS,
             "default_pipeline": "normalize",
             "chunk_seconds": dict(zip(("min", "max", "default"), CHUNK_SECONDS, strict=True)),
-            "formats": list(FORMATS),
+            "formats": {name: spec.mime_type for name, spec in FORMATS.items()},
         }
     )
 

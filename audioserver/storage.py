@@ -50,9 +50,13 @@ class ChunkStore:
 
     def read(self, index: int) -> tuple[dict[str, Any], bytes]:
         """Return the analysis and PCM of an emitted chunk."""
-        meta_offset, meta_length, pcm_offset, pcm_length = self._index[index]
-        meta = json.loads(os.pread(self._meta_fd, meta_length, meta_offset))
-        return meta, self.wav.read(pcm_offset, pcm_length)
+        _, _, pcm_offset, pcm_length = self._index[index]
+        return self.read_meta(index), self.wav.read(pcm_offset, pcm_length)
+
+    def read_meta(self, index: int) -> dict[str, Any]:
+        """Return the analysis of an emitted chunk."""
+        meta_offset, meta_length, _, _ = self._index[index]
+        return json.loads(os.pread(self._meta_fd, meta_length, meta_offset))
 
     def finalize(self) -> None:
         """Make result.wav a complete WAV of the chunks stored so far."""

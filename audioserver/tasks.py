@@ -27,7 +27,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -37,6 +37,8 @@ import numpy as np
 from .audio import analysis
 from .audio.chunking import Chunk, Spool, decoded_chunks, spooled_chunks
 from .audio.decode import AudioInfo, Decoder
+from .audio.encoders import FORMATS, EncodeError, StreamEncoder
+from .audio.meter import ChunkMeasure, OutputMeter
 from .audio.pipeline import Pipeline, Stage
 from .audio.steps import Block
 from .errors import (
@@ -51,8 +53,18 @@ from .storage import ChunkStore, remove_folder
 
 logger = logging.getLogger(__name__)
 
-FORMATS = ("wav",)
 UPLOAD_NAME = "upload"
+RESULT_WAIT_SECONDS = 60.0
+INTERNAL_META = frozenset({"frames", "waveform_first"})  # stored with a chunk, not sent
+
+
+@dataclass(frozen=True)
+class ChunkOutput:
+    """A processed chunk waiting for its turn to be emitted."""
+
+    meta: dict[str, Any]
+    pcm: bytes
+    measure: ChunkMeasure
 
 
 class Status(enum.StrEnum):
@@ -208,15 +220,19 @@ class Task:
         self.jobs = JobCounter()
         self.decoder: Decoder | None = None
         self.next_index = 0
-        self.reorder: dict[int, tuple[dict[str, Any], bytes]] = {}
+        self.reorder: dict[int, ChunkOutput] = {}
         self.chunks_final: int | None = None
         self.work_done = 0
-        self.peak = 0.0
+        self.meter = OutputMeter(sample_rate=stages[-1].output_rate)
+        self.measures: list[ChunkMeasure] = []
         self.output_frames = 0
         self.replays: dict[str, int] = {}
         self.deleted = False
         self.runner_done = False
         self.retired = threading.Event()  # set when no thread of the task touches its files
+        self.encoder: StreamEncoder | None = None
+        self.result_path: Path | None = None  # the result file, once it is complete
+        self.result_error: str | None = None
         last = stages[-1]
         self.store = ChunkStore(folder, sample_rate=last.output_rate, channels=last.output_channels)
 
@@ -226,7 +242,7 @@ class Task:
 
     def chunk_frames(self, stage: int) -> int:
         """Frames of a chunk at the input of a stage."""
-        return max(1, round(self.options.chunk_seconds * self.stages[stage].input_rate))
+        return self.stages[stage].chunk_frames(self.options.chunk_seconds)
 
     @property
     def chunks_total(self) -> int | None:
@@ -417,7 +433,9 @@ class TaskEngine:
                     f"The audio lasts {info.duration:.0f} s; the server takes at most "
                     f"{self.max_audio_seconds:.0f} s. Split the file and upload the parts."
                 )
-            stages = options.pipeline.plan(info.sample_rate, info.channels)
+            stages = options.pipeline.plan(
+                info.sample_rate, info.channels, output_pre_roll=OutputMeter.pre_roll
+            )
             task = Task(
                 task_id=task_id,
                 filename=filename,
@@ -478,20 +496,44 @@ class TaskEngine:
         try:
             if task.decoder is None:
                 task.decoder = self.open_decoder(task.folder / UPLOAD_NAME)
+            self._start_encoder(task)
             if self._run_stages(task):
+                if task.encoder is not None:
+                    task.result_path = task.encoder.finish()
                 self._complete(task)
         except DecodeError as error:
             self._fail(task, "decode_failed", error.message)
+        except EncodeError as error:
+            self._fail(task, "encode_failed", f"Encoding the result failed: {error}")
         except Exception as error:  # a bug or a failing step: this task fails, the pool goes on
             task.log.exception("processing failed")
             self._fail(task, "processing_failed", f"Processing failed: {error}")
         finally:
             self._retire(task)
 
+    def _start_encoder(self, task: Task) -> None:
+        """Start encoding the result as it grows, for formats other than WAV."""
+        spec = FORMATS[task.options.format]
+        if not spec.needs_encoder:
+            return
+        last = task.stages[-1]
+        task.encoder = StreamEncoder(
+            task.store.path,
+            task.folder / f"result.{spec.extension}",
+            format=spec.name,
+            sample_rate=last.output_rate,
+            channels=last.output_channels,
+            ffmpeg=self.ffmpeg,
+        )
+
     def _run_stages(self, task: Task) -> bool:
         """Run every stage; return True if the task ran to the end."""
+        first = task.stages[0]
         source: Iterator[Chunk] = decoded_chunks(
-            task.decoder, chunk_frames=task.chunk_frames(0), pre_roll=task.stages[0].pre_roll
+            task.decoder,
+            chunk_frames=task.chunk_frames(0),
+            pre_roll=first.pre_roll,
+            post_roll=first.post_roll,
         )
         spool: Spool | None = None
         try:
@@ -513,10 +555,12 @@ class TaskEngine:
                 if not last:
                     stage.boundary.reduce([measurements[index] for index in range(count)])
                     task.log.info("stage %d measured: %s", number, stage.boundary.report())
+                    following = task.stages[number + 1]
                     source = spooled_chunks(
                         spool,
                         chunk_frames=task.chunk_frames(number + 1),
-                        pre_roll=task.stages[number + 1].pre_roll,
+                        pre_roll=following.pre_roll,
+                        post_roll=following.post_roll,
                     )
             return True
         finally:
@@ -570,73 +614,71 @@ class TaskEngine:
                 return
             started = time.perf_counter()
             source = chunk.block
-            block = stage.run(
-                Block(
-                    source.samples.astype(np.float64), source.sample_rate, source.start, source.pre
-                )
-            )
+            block = stage.run(replace(source, samples=source.samples.astype(np.float64)))
             if spool is not None:
-                spool.write(block.start, block.samples)
                 measurements[chunk.index] = stage.boundary.measure(block)
+                spool.write(block.body_start, block.body)
                 with task.lock:
                     task.work_done += 1
                 task.window.release()
             else:
-                meta, pcm = self._finish_chunk(task, chunk.index, block, started)
-                self._deliver(task, chunk.index, meta, pcm)
+                output = self._finish_chunk(task, chunk.index, block, started)
+                self._deliver(task, chunk.index, output)
         except Exception as error:
             task.log.exception("chunk %d failed", chunk.index)
             self._fail(task, "processing_failed", f"Chunk {chunk.index} failed: {error}")
         finally:
             task.jobs.done()
 
-    def _finish_chunk(
-        self, task: Task, index: int, block: Block, started: float
-    ) -> tuple[dict[str, Any], bytes]:
-        """Return the analysis and 16-bit PCM of a processed chunk."""
+    def _finish_chunk(self, task: Task, index: int, block: Block, started: float) -> ChunkOutput:
+        """Return the analysis, 16-bit PCM and summary measure of a processed chunk."""
         rate = block.sample_rate
-        samples = np.clip(block.samples, -1.0, 1.0)
+        block = block.with_samples(np.clip(block.samples, -1.0, 1.0))
+        samples = block.body
         peak_db, rms_db = analysis.levels(samples)
         meta = {
             "task_id": task.id,
             "index": index,
-            "start": block.start / rate,
+            "start": block.body_start / rate,
             "duration": len(samples) / rate,
             "sample_rate": rate,
             "channels": block.channels,
             "peak_db": round(peak_db, 2),
             "rms_db": round(rms_db, 2),
-            "waveform": analysis.waveform(samples, sample_rate=rate),
+            "waveform": analysis.waveform(samples, sample_rate=rate, start=block.body_start),
             "spectrum": analysis.spectrum(samples, sample_rate=rate),
             "encoding": "pcm_s16le",
             "frames": len(samples),
-            "peak": float(np.max(np.abs(samples))) if samples.size else 0.0,
+            "waveform_first": analysis.waveform_index(block.body_start, sample_rate=rate),
         }
+        measure = task.meter.measure(block)
         pcm = analysis.to_pcm16(samples)
         meta["processing_ms"] = round((time.perf_counter() - started) * 1000, 2)
         meta["worker"] = threading.current_thread().name
-        return meta, pcm
+        return ChunkOutput(meta, pcm, measure)
 
-    def _deliver(self, task: Task, index: int, meta: dict[str, Any], pcm: bytes) -> None:
+    def _deliver(self, task: Task, index: int, output: ChunkOutput) -> None:
         """Put a processed chunk in the reorder buffer, and emit every chunk now in order."""
         with task.lock:
             if task.status in TERMINAL:
                 task.window.release()
                 return
-            task.reorder[index] = (meta, pcm)
+            task.reorder[index] = output
             while task.next_index in task.reorder:
-                meta, pcm = task.reorder.pop(task.next_index)
-                task.store.append(meta, pcm)
-                task.peak = max(task.peak, meta["peak"])
-                task.output_frames += meta["frames"]
-                self._emit_chunk(task, meta, pcm, to=task.room)
+                ready = task.reorder.pop(task.next_index)
+                task.store.append(ready.meta, ready.pcm)
+                if task.encoder is not None:
+                    task.encoder.advance(task.store.wav.data_bytes)
+                task.measures.append(ready.measure)
+                task.output_frames += ready.meta["frames"]
+                self._emit_chunk(task, ready.meta, ready.pcm, to=task.room)
                 task.next_index += 1
                 task.work_done += 1
                 task.window.release()
 
     def _emit_chunk(self, task: Task, meta: dict[str, Any], pcm: bytes, *, to: str) -> None:
         """Send one audio_chunk event (call with task.lock held)."""
-        payload = {key: value for key, value in meta.items() if key not in ("frames", "peak")}
+        payload = {key: value for key, value in meta.items() if key not in INTERNAL_META}
         payload["chunks_total"] = task.chunks_total
         if task.options.stream_audio:
             payload["audio"] = pcm
@@ -660,6 +702,8 @@ class TaskEngine:
             task.stopping.set()
             task.reorder.clear()
             task.store.finalize()
+            if task.encoder is None and status != Status.FAILED:
+                task.result_path = task.store.path
             data = describe()
             task.terminal = (event, data)
             self.broadcaster.emit(event, data, to=task.room)
@@ -692,13 +736,11 @@ class TaskEngine:
             )  # fmt: skip
 
     def _summary(self, task: Task) -> dict[str, Any]:
-        return {
-            "integrated_lufs": None,
-            "true_peak_db": None,
-            "sample_peak_db": round(float(analysis.to_db(task.peak)), 2),
-            "loudness_range_lu": None,
-            "duration": task.output_frames / task.stages[-1].output_rate,
-        }
+        summary = task.meter.summary(task.measures)
+        reports = [stage.boundary.report() for stage in task.stages if stage.boundary]
+        if reports:
+            summary["steps"] = reports
+        return summary
 
     def _fail(self, task: Task, code: str, message: str) -> None:
         def describe() -> dict[str, Any]:
@@ -739,10 +781,12 @@ class TaskEngine:
             self._admit_locked()
 
     def _retire(self, task: Task) -> None:
-        """Release what a task no longer needs once no job of it runs: its decoder and upload."""
+        """Release what a task no longer needs once no job of it runs: decoder, encoder, upload."""
         task.jobs.wait_idle()
         if task.decoder is not None:
             task.decoder.close()
+        if task.encoder is not None and task.result_path is None:
+            self._settle_encoder(task)
         (task.folder / UPLOAD_NAME).unlink(missing_ok=True)
         with task.lock:
             task.runner_done = True
@@ -750,6 +794,61 @@ class TaskEngine:
         if deleted:
             remove_folder(task.folder)
         task.retired.set()
+
+    def _settle_encoder(self, task: Task) -> None:
+        """Encode a stopped task's partial result; drop a failed or deleted one's."""
+        with task.lock:
+            keep = task.status == Status.STOPPED and not task.deleted
+        if not keep:
+            task.encoder.abort()
+            return
+        try:
+            task.result_path = task.encoder.finish()
+        except EncodeError as error:
+            task.result_error = f"Encoding the partial result failed: {error}"
+            task.log.warning("%s", task.result_error)
+
+    def result(self, task: Task) -> Path:
+        """Return a finished task's result file, waiting for its encoding to end."""
+        with task.lock:
+            status = task.status
+        if status in (Status.QUEUED, Status.PROCESSING):
+            raise TaskConflict(
+                f"The task is still {status}; the result is ready when it completes or is stopped.",
+                code="task_not_ready",
+                status=str(status),
+            )
+        if status == Status.FAILED:
+            raise TaskConflict(
+                "The task failed; it has no result.", code="task_failed", status=str(status)
+            )
+        if task.result_path is None and not task.retired.wait(RESULT_WAIT_SECONDS):
+            raise TaskConflict(
+                "The result is still being written. Try again in a moment.",
+                code="task_not_ready",
+                status=str(status),
+            )
+        if task.result_path is None:
+            raise TaskConflict(
+                task.result_error or "The task has no result.",
+                code="result_unavailable",
+                status=str(status),
+            )
+        return task.result_path
+
+    def waveform(self, task: Task) -> dict[str, Any]:
+        """Return the waveform of a finished task's output in audiowaveform JSON."""
+        with task.lock:
+            if task.status not in (Status.COMPLETED, Status.STOPPED):
+                raise TaskConflict(
+                    f"The task is {task.status}; its waveform is ready when it completes or is "
+                    "stopped.",
+                    code="task_not_ready" if task.status not in TERMINAL else "task_failed",
+                    status=str(task.status),
+                )
+            metas = [task.store.read_meta(index) for index in range(task.next_index)]
+        chunks = [(meta["waveform_first"], meta["waveform"]) for meta in metas]
+        return analysis.audiowaveform(chunks, sample_rate=task.stages[-1].output_rate)
 
     def delete(self, task_id: str) -> None:
         """Stop a task if it runs, forget it and delete its files."""

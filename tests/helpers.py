@@ -21,6 +21,7 @@ import numpy as np
 from werkzeug.serving import make_server
 
 from audioserver.audio.ffmpeg import configure_pydub, find_ffmpeg
+from audioserver.audio.pipeline import Pipeline
 from audioserver.audio.steps import Block, Param, Step
 from audioserver.client import InOrderClient
 
@@ -70,6 +71,23 @@ def music(seconds: float, *, rate: int = 44100, channels: int = 2, seed: int = 1
         -1,
         1,
     )
+
+
+# -- running steps -----------------------------------------------------------------
+
+
+def run_whole(spec: str, x: np.ndarray, rate: int) -> np.ndarray:
+    """Process a whole signal in one piece."""
+    return Pipeline.parse(spec)(x, rate)[0]
+
+
+def chunk_output(
+    stage, x: np.ndarray, start: int, stop: int, pre_roll: int, post_roll: int = 0, *, rate: int
+) -> np.ndarray:
+    """Run one chunk [start, stop) of x through a stage with the given pre-roll and look-ahead."""
+    first, last = max(0, start - pre_roll), min(len(x), stop + post_roll)
+    block = Block(x[first:last], rate, first, start - first, last - stop, stop == len(x))
+    return stage.run(block).trimmed().samples
 
 
 # -- files -----------------------------------------------------------------------

@@ -249,8 +249,11 @@ def test_delete_task(app, client, wav):
 def test_pipeline_steps_catalogue(client):
     catalogue = client.get("/pipeline/steps").get_json()
     names = [step["name"] for step in catalogue["steps"]]
-    assert names[:4] == ["gain", "normalize", "highpass", "lowpass"]
-    highpass = catalogue["steps"][2]
+    assert names == [
+        "gain", "normalize", "loudness", "highpass", "lowpass", "bandpass",
+        "fade_in", "fade_out", "resample", "mono", "compressor",
+    ]  # fmt: skip
+    highpass = catalogue["steps"][3]
     assert highpass["kind"] == "stateful"
     freq = highpass["parameters"][0]
     assert freq | {"description": ""} == {

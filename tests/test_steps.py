@@ -4,20 +4,23 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
+import helpers
 import numpy as np
 import pytest
 from helpers import music, noise, sine
 from scipy import signal
 
 from audioserver.audio.pipeline import Pipeline
-from audioserver.audio.steps import Block, GlobalStep, Step
+from audioserver.audio.steps import GlobalStep, Step
 from audioserver.audio.steps.filters import SETTLE_TOLERANCE, settle_frames
+from audioserver.audio.steps.resample import lowpass_fir
+from audioserver.errors import ParameterError
 
 RATE = 48000
 
 
 def run_whole(spec: str, x: np.ndarray, rate: int = RATE) -> np.ndarray:
-    return Pipeline.parse(spec)(x, rate)[0]
+    return helpers.run_whole(spec, x, rate)
 
 
 def level_db(x: np.ndarray) -> float:
@@ -82,11 +85,8 @@ def test_settle_frames_bounds_the_rest_of_the_impulse_response(freq, order):
     assert response[frames // 2 :].sum() >= SETTLE_TOLERANCE  # not wastefully long
 
 
-def chunk_output(stage, x: np.ndarray, start: int, stop: int, pre_roll: int) -> np.ndarray:
-    """Run one chunk [start, stop) of x through a stage with the given pre-roll."""
-    first = max(0, start - pre_roll)
-    block = Block(x[first:stop], RATE, first, start - first)
-    return stage.run(block).samples
+def chunk_output(stage, x, start, stop, pre_roll, post_roll=0, rate=RATE):
+    return helpers.chunk_output(stage, x, start, stop, pre_roll, post_roll, rate=rate)
 
 
 @pytest.mark.parametrize(
@@ -108,25 +108,134 @@ def test_a_chunk_with_its_pre_roll_equals_the_same_part_of_the_whole(spec):
     assert np.max(np.abs(chunk_output(stage, x, start, stop, 0) - whole[start:stop])) > 1e-3
 
 
-def test_steps_give_identical_output_when_run_from_many_threads():
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "highpass=freq=30:order=4,gain=db=2,lowpass=freq=8000",
+        "compressor=threshold_db=-30:release_ms=200,gain=db=3",
+        "fade_in=seconds=2,resample=rate=32000,mono",
+    ],
+)
+def test_steps_give_identical_output_when_run_from_many_threads(spec):
     x = music(4.0, rate=RATE)
-    stage = Pipeline.parse("highpass=freq=30:order=4,gain=db=2,lowpass=freq=8000").plan(RATE, 2)[0]
-    bounds = [(start, start + 4000) for start in range(0, len(x) - 4000, 4000)]
-    serial = [chunk_output(stage, x, a, b, stage.pre_roll) for a, b in bounds]
-    with ThreadPoolExecutor(4) as pool:
-        parallel = list(pool.map(lambda ab: chunk_output(stage, x, *ab, stage.pre_roll), bounds))
+    stage = Pipeline.parse(spec).plan(RATE, 2)[0]
+    size = stage.chunk_frames(0.1)
+    bounds = [(start, start + size) for start in range(0, len(x) - size, size)]
+    margins = stage.pre_roll, stage.post_roll
+    serial = [chunk_output(stage, x, a, b, *margins) for a, b in bounds]
+    with ThreadPoolExecutor(8) as pool:
+        parallel = list(pool.map(lambda ab: chunk_output(stage, x, *ab, *margins), bounds))
     for one, other in zip(serial, parallel, strict=True):
         assert np.array_equal(one, other)
 
 
 def test_every_step_is_described_for_the_catalogue():
-    assert {"gain", "normalize", "highpass", "lowpass"} <= set(Step.registry)
+    assert set(Step.registry) >= {"gain", "normalize", "loudness", "highpass", "lowpass",
+                                  "bandpass", "fade_in", "fade_out", "resample", "mono",
+                                  "compressor"}  # fmt: skip
     for name, step in Step.registry.items():
         entry = step.catalogue()
         assert entry["name"] == name and entry["description"]
         assert entry["kind"] in ("per sample", "stateful", "global", "position-dependent")
-        assert (entry["kind"] == "global") == issubclass(step, GlobalStep)
+        if entry["kind"] == "global":
+            assert issubclass(step, GlobalStep)
         for param in entry["parameters"]:
             assert param["min"] <= param["max"]
             assert param["default"] is None or param["min"] <= param["default"] <= param["max"]
         Pipeline.parse(entry["example"])  # every example parses
+
+
+def test_mono_averages_the_channels():
+    x = noise(0.2, rate=RATE, channels=3)
+    y = run_whole("mono", x)
+    assert y.shape == (len(x), 1)
+    np.testing.assert_allclose(y[:, 0], x.mean(axis=1), atol=1e-15)
+
+
+def test_bandpass_equals_scipy_and_keeps_the_band():
+    x = music(1.0, rate=RATE)
+    sos = signal.butter(3, [300, 3400], btype="bandpass", fs=RATE, output="sos")
+    y = run_whole("bandpass=low=300:high=3400:order=3", x)
+    np.testing.assert_allclose(y, signal.sosfilt(sos, x, axis=0), atol=1e-12)
+    settled = slice(RATE // 4, None)
+    voice, rumble = sine(1, rate=RATE, freq=1000), sine(1, rate=RATE, freq=50)
+    kept = run_whole("bandpass=low=300:high=3400", voice)[settled]
+    assert abs(level_db(kept) - level_db(voice[settled])) < 0.1
+    removed = run_whole("bandpass=low=300:high=3400:order=4", rumble)[settled]
+    assert level_db(removed) < level_db(rumble) - 60
+
+
+def test_bandpass_edges_must_be_in_order():
+    with pytest.raises(ParameterError, match="'low' must be below high"):
+        Pipeline.parse("bandpass=low=3000:high=300")
+
+
+@pytest.mark.parametrize("seconds", [0.0, 0.5, 2.0, 10.0])
+def test_fades_are_linear_ramps_from_and_to_silence(seconds):
+    x = np.ones((RATE, 2))
+    length = seconds * RATE
+    positions = np.arange(RATE)
+    faded_in = run_whole(f"fade_in=seconds={seconds}", x)
+    faded_out = run_whole(f"fade_out=seconds={seconds}", x)
+    expected_in = np.clip(positions / length, 0, 1) if length else np.ones(RATE)
+    expected_out = np.clip((RATE - 1 - positions) / length, 0, 1) if length else np.ones(RATE)
+    np.testing.assert_allclose(faded_in[:, 0], expected_in, atol=1e-12)
+    np.testing.assert_allclose(faded_out[:, 1], expected_out, atol=1e-12)
+    if seconds:
+        assert faded_in[0, 0] == 0 and faded_out[-1, 0] == 0
+
+
+def test_fade_out_is_global_and_fade_in_is_not():
+    stages = Pipeline.parse("fade_in=seconds=1,gain,fade_out=seconds=1").plan(RATE, 2)
+    assert [[step.name for step in stage.steps] for stage in stages] == [
+        ["fade_in", "gain"],
+        ["fade_out"],
+    ]
+
+
+RATES = [(44100, 48000), (48000, 44100), (44100, 22050), (16000, 44100), (96000, 8000)]
+
+
+@pytest.mark.parametrize(("rate_in", "rate_out"), RATES)
+def test_resample_equals_scipy_polyphase_on_the_whole_signal(rate_in, rate_out):
+    x = music(0.5, rate=rate_in)
+    y, rate = Pipeline.parse(f"resample=rate={rate_out}")(x, rate_in)
+    step = Pipeline.parse(f"resample=rate={rate_out}").steps[0]
+    step.bind(rate_in, 2)
+    expected = signal.resample_poly(
+        x, step.up, step.down, axis=0, window=lowpass_fir(step.up, step.down)
+    )
+    assert rate == rate_out and y.shape == expected.shape
+    assert len(y) == -(-len(x) * rate_out // rate_in)
+    np.testing.assert_allclose(y, expected, atol=1e-12)
+
+
+@pytest.mark.parametrize(("rate_in", "rate_out"), [(44100, 48000), (48000, 44100)])
+def test_resample_is_clean(rate_in, rate_out):
+    # A 1 kHz tone comes out as the same tone at the new rate, with error under -100 dB ...
+    y = run_whole(f"resample=rate={rate_out}", sine(1.0, rate=rate_in, freq=1000), rate_in)
+    expected = sine(len(y) / rate_out, rate=rate_out, freq=1000)
+    middle = slice(rate_out // 10, -rate_out // 10)
+    assert level_db(y[middle] - expected[middle]) - level_db(expected[middle]) < -100
+    # ... and a tone above the new Nyquist frequency is rejected, not folded back.
+    if rate_out < rate_in:
+        high = sine(1.0, rate=rate_in, freq=23000)
+        assert level_db(run_whole(f"resample=rate={rate_out}", high, rate_in)[middle]) < -110
+
+
+@pytest.mark.parametrize(("rate_in", "rate_out"), RATES)
+def test_resampled_chunks_with_context_equal_the_whole(rate_in, rate_out):
+    x = music(2.0, rate=rate_in)
+    spec = f"highpass=freq=30,resample=rate={rate_out},lowpass=freq=3000"
+    whole, _ = Pipeline.parse(spec)(x, rate_in)
+    stage = Pipeline.parse(spec).plan(rate_in, 2)[0]
+    frames = stage.chunk_frames(0.3)
+    assert frames % stage.alignment == 0
+    pieces = [
+        chunk_output(stage, x, start, min(start + frames, len(x)), stage.pre_roll, stage.post_roll,
+                     rate=rate_in)
+        for start in range(0, len(x), frames)
+    ]  # fmt: skip
+    chunked = np.concatenate(pieces)
+    assert chunked.shape == whole.shape
+    np.testing.assert_allclose(chunked, whole, atol=1e-6)

@@ -316,3 +316,39 @@ def test_task_json_reports_progress_and_the_summary(make_engine, recorder, sourc
     assert described["summary"]["sample_peak_db"] == pytest.approx(-3.0, abs=0.01)
     assert described["summary"]["duration"] == pytest.approx(2.0)
     assert described["pipeline"] == [{"step": "normalize", "peak_db": -3.0}]
+
+
+def ebu_3341(case: int, rate: int = 48000) -> np.ndarray:
+    """EBU Tech 3341 test signals 1 to 5: stereo 1 kHz sines, (dBFS, seconds) segments."""
+    segments = {
+        1: [(-23, 20)],
+        2: [(-33, 20)],
+        3: [(-36, 10), (-23, 60), (-36, 10)],
+        4: [(-72, 10), (-36, 10), (-23, 60), (-36, 10), (-72, 10)],
+        5: [(-26, 20), (-23 + 3, 20.1), (-26, 20)],
+    }[case]
+    parts, start = [], 0.0
+    for level, seconds in segments:
+        t = start + np.arange(round(seconds * rate)) / rate
+        parts.append(10 ** (level / 20) * np.sin(2 * np.pi * 1000 * t))
+        start += seconds
+    mono = np.concatenate(parts)
+    return np.stack([mono, mono], axis=1)
+
+
+@pytest.mark.parametrize("case", [1, 2, 3, 4, 5])
+def test_ebu_3341_cases_reach_the_loudness_target(make_engine, recorder, source, case):
+    import pyloudnorm
+
+    x = ebu_3341(case)
+    sid = recorder.connect("client")
+    task = submit(make_engine(), source(x, 48000), "loudness=target=-16", sid=sid,
+                  chunk_seconds=1.3)  # fmt: skip
+    event, end = recorder.wait_end(sid, task.id)
+    assert event == "processing_complete"
+    (report,) = end["summary"]["steps"]
+    assert report["measured_lufs"] == pytest.approx(-33.0 if case == 2 else -23.0, abs=0.1)
+    assert report["limited_by_peak"] is False
+    assert end["summary"]["integrated_lufs"] == pytest.approx(-16.0, abs=0.1)
+    result, rate = read_wav(task.store.path)
+    assert pyloudnorm.Meter(rate).integrated_loudness(result) == pytest.approx(-16.0, abs=0.1)

@@ -7,6 +7,8 @@ arrays of shape (frames, channels), full scale at +-1.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from scipy import signal
@@ -34,17 +36,59 @@ def levels(samples: np.ndarray) -> tuple[float, float]:
     return float(to_db(peak)), float(to_db(mean_square, power=True))
 
 
-def waveform(samples: np.ndarray, *, sample_rate: int) -> list[list[float]]:
-    """Return [min, max] pairs over every channel, one per 1/100 s (the last one may be shorter)."""
+def waveform_index(frame: int, *, sample_rate: int) -> int:
+    """Return the index of the 1/100 s waveform bin that holds a frame of the stream."""
+    return frame * WAVEFORM_PER_SECOND // sample_rate
+
+
+def waveform(samples: np.ndarray, *, sample_rate: int, start: int = 0) -> list[list[float]]:
+    """Return [min, max] pairs over every channel, one per 1/100 s of the stream.
+
+    Bins sit on the stream's timeline (bin k holds the frames n with
+    n * 100 // sample_rate == k), so a chunk starting at frame ``start`` may
+    begin and end with part of a bin; its neighbour holds the rest.
+    """
     frames = len(samples)
     if frames == 0:
         return []
-    per_pair = sample_rate / WAVEFORM_PER_SECOND
-    starts = np.unique(np.floor(np.arange(0, frames, per_pair)).astype(np.int64))
+    bins = waveform_index(np.arange(start, start + frames), sample_rate=sample_rate)
+    starts = np.concatenate([[0], np.flatnonzero(np.diff(bins)) + 1])
     lows = np.minimum.reduceat(samples.min(axis=1), starts)
     highs = np.maximum.reduceat(samples.max(axis=1), starts)
     pairs = np.clip(np.stack([lows, highs], axis=1), -1.0, 1.0)
     return np.round(pairs, 4).tolist()
+
+
+def audiowaveform(
+    chunks: Sequence[tuple[int, list[list[float]]]], *, sample_rate: int, bits: int = 8
+) -> dict[str, Any]:
+    """Return BBC audiowaveform JSON (version 2) from the chunks' waveform pairs.
+
+    chunks holds, per chunk in order, the index of its first bin and its
+    [min, max] pairs; a bin split between two chunks is merged back into one.
+    """
+    firsts = [first + np.arange(len(pairs)) for first, pairs in chunks if pairs]
+    if not firsts:
+        pairs, bins = np.zeros((0, 2)), np.zeros(0, dtype=np.int64)
+    else:
+        bins = np.concatenate(firsts)
+        pairs = np.concatenate(
+            [np.asarray(pairs, dtype=np.float64) for _, pairs in chunks if pairs]
+        )
+    starts = np.flatnonzero(np.diff(bins, prepend=-1))
+    lows = np.minimum.reduceat(pairs[:, 0], starts) if len(starts) else pairs[:, 0]
+    highs = np.maximum.reduceat(pairs[:, 1], starts) if len(starts) else pairs[:, 1]
+    full_scale = (1 << (bits - 1)) - 1
+    data = np.rint(np.stack([lows, highs], axis=1) * full_scale).astype(np.int64)
+    return {
+        "version": 2,
+        "channels": 1,
+        "sample_rate": sample_rate,
+        "samples_per_pixel": round(sample_rate / WAVEFORM_PER_SECOND),
+        "bits": bits,
+        "length": len(data),
+        "data": data.ravel().tolist(),
+    }
 
 
 @functools.lru_cache(maxsize=32)

@@ -1,11 +1,16 @@
-"""Cutting a stream into chunks, each with the pre-roll its stage needs.
+"""Cutting a stream into chunks, each with the pre-roll and look-ahead its stage needs.
 
 Stage 0 reads from the decoder; later stages read the previous stage's
 output back from a ``Spool``, a float32 file written by chunk position.
+A chunk's block is ``[pre-roll | body | look-ahead]``: the pre-roll is the
+audio just before the body (up to ``pre_roll`` frames, less at the start of
+the stream), the look-ahead the audio just after it (up to ``post_roll``
+frames, less at the end). Bodies tile the stream without overlap.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,29 +24,39 @@ from .steps import Block
 
 @dataclass(frozen=True)
 class Chunk:
-    """One chunk of a stage's input: its index and its block (pre-roll first)."""
+    """One chunk of a stage's input: its index and its block."""
 
     index: int
     block: Block
 
 
-def decoded_chunks(decoder: Decoder, *, chunk_frames: int, pre_roll: int) -> Iterator[Chunk]:
+def decoded_chunks(
+    decoder: Decoder, *, chunk_frames: int, pre_roll: int = 0, post_roll: int = 0
+) -> Iterator[Chunk]:
     """Yield the decoded stream in chunks of chunk_frames (the last may be shorter)."""
-    rate = decoder.info.sample_rate
-    history = np.zeros((0, decoder.info.channels), dtype=np.float32)
+    rate, channels = decoder.info.sample_rate, decoder.info.channels
+    history = np.zeros((0, channels), dtype=np.float32)
+    pending = np.zeros((0, channels), dtype=np.float32)
+    ended = False
     start = 0
-    index = 0
-    while True:
-        body = decoder.read(chunk_frames)
+    for index in itertools.count():
+        # Read one frame past the look-ahead at least, to know whether this chunk is the last.
+        while not ended and len(pending) < chunk_frames + max(post_roll, 1):
+            more = decoder.read(chunk_frames)
+            ended = len(more) < chunk_frames
+            pending = np.concatenate([pending, more]) if len(pending) else more
+        body, ahead = pending[:chunk_frames], pending[chunk_frames : chunk_frames + post_roll]
         if len(body) == 0:
             return
-        samples = np.concatenate([history, body]) if len(history) else body
-        yield Chunk(index, Block(samples, rate, start - len(history), len(history)))
+        final = ended and len(pending) <= chunk_frames
+        samples = np.concatenate([history, body, ahead]) if len(history) or len(ahead) else body
+        pre, post = len(history), len(ahead)
+        yield Chunk(index, Block(samples, rate, start - pre, pre, post, final))
         if pre_roll:
-            history = samples[-pre_roll:]
+            history = samples[max(0, pre + len(body) - pre_roll) : len(samples) - post]
+        pending = pending[chunk_frames:]
         start += len(body)
-        index += 1
-        if len(body) < chunk_frames:
+        if final:
             return
 
 
@@ -73,9 +88,14 @@ class Spool:
         self.path.unlink(missing_ok=True)
 
 
-def spooled_chunks(spool: Spool, *, chunk_frames: int, pre_roll: int) -> Iterator[Chunk]:
-    """Yield a spool's frames in chunks of chunk_frames, each with up to pre_roll frames before."""
-    for index, start in enumerate(range(0, spool.frames, chunk_frames)):
-        first = max(0, start - pre_roll)
-        samples = spool.read(first, min(start + chunk_frames, spool.frames))
-        yield Chunk(index, Block(samples, spool.sample_rate, first, start - first))
+def spooled_chunks(
+    spool: Spool, *, chunk_frames: int, pre_roll: int = 0, post_roll: int = 0
+) -> Iterator[Chunk]:
+    """Yield a spool's frames in chunks of chunk_frames, with pre-roll and look-ahead."""
+    total = spool.frames
+    for index, start in enumerate(range(0, total, chunk_frames)):
+        stop = min(start + chunk_frames, total)
+        first, last = max(0, start - pre_roll), min(total, stop + post_roll)
+        samples = spool.read(first, last)
+        block = Block(samples, spool.sample_rate, first, start - first, last - stop, stop == total)
+        yield Chunk(index, block)

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -152,15 +153,20 @@ class Stage:
     input_channels: int
     output_rate: int
     output_channels: int
-    pre_roll: int  # frames of earlier input each chunk needs
+    pre_roll: int  # frames of earlier input each chunk needs (its steps' and its meter's)
+    post_roll: int  # frames of later input each chunk needs (look-ahead)
+    alignment: int  # chunks start at multiples of this many input frames
+    meter_pre_roll: int  # frames of output pre-roll kept for the measurement after the stage
+
+    def chunk_frames(self, seconds: float) -> int:
+        """Frames of input per chunk: seconds long, rounded to the stage's alignment."""
+        return max(1, round(seconds * self.input_rate / self.alignment)) * self.alignment
 
     def run(self, block: Block) -> Block:
-        """Process one chunk (with its pre-roll) and return the chunk's output without pre-roll."""
+        """Process one chunk; return its output with only the pre-roll the meter needs."""
         for step in self.steps:
             block = step.process(block)
-        if block.pre:
-            block = Block(block.body, block.sample_rate, block.start + block.pre)
-        return block
+        return block.trimmed(keep_pre=self.meter_pre_roll)
 
 
 class Pipeline:
@@ -197,8 +203,17 @@ class Pipeline:
     def __str__(self) -> str:
         return ",".join(repr(step) for step in self.steps)
 
-    def plan(self, sample_rate: int, channels: int) -> list[Stage]:
-        """Bind every step to the rate and channels it will see, and split the steps into stages."""
+    def plan(
+        self,
+        sample_rate: int,
+        channels: int,
+        *,
+        output_pre_roll: Callable[[int], int] = lambda rate: 0,
+    ) -> list[Stage]:
+        """Bind every step to the rate and channels it will see, and split the steps into stages.
+
+        output_pre_roll(rate) is the pre-roll the output's own meter needs.
+        """
         groups: list[tuple[list[Step], GlobalStep | None]] = []
         current: list[Step] = []
         for step in self.steps:
@@ -210,7 +225,7 @@ class Pipeline:
         groups.append((current, None))
         stages = []
         for steps, boundary in groups:
-            stage = _bind_stage(steps, boundary, sample_rate, channels)
+            stage = _bind_stage(steps, boundary, sample_rate, channels, output_pre_roll)
             sample_rate, channels = stage.output_rate, stage.output_channels
             stages.append(stage)
         return stages
@@ -220,16 +235,21 @@ class Pipeline:
         samples = np.asarray(samples, dtype=np.float64)
         if samples.ndim == 1:
             samples = samples[:, np.newaxis]
-        block = Block(samples, sample_rate, 0)
+        block = Block(samples, sample_rate, 0, final=True)
         for stage in self.plan(sample_rate, samples.shape[1]):
             block = stage.run(block)
             if stage.boundary is not None:
                 stage.boundary.reduce([stage.boundary.measure(block)])
+            block = block.trimmed()
         return block.samples, block.sample_rate
 
 
 def _bind_stage(
-    steps: list[Step], boundary: GlobalStep | None, sample_rate: int, channels: int
+    steps: list[Step],
+    boundary: GlobalStep | None,
+    sample_rate: int,
+    channels: int,
+    output_pre_roll: Callable[[int], int],
 ) -> Stage:
     input_rate, input_channels = sample_rate, channels
     rates = []
@@ -239,7 +259,29 @@ def _bind_stage(
         sample_rate, channels = step.output_rate(sample_rate), step.output_channels(channels)
     if boundary is not None:
         boundary.bind(sample_rate, channels)
-    pre_roll = 0
+        meter_pre_roll = boundary.measure_pre_roll()
+    else:
+        meter_pre_roll = output_pre_roll(sample_rate)
+    alignment = _alignment(steps, rates, input_rate)
+    # Walk back from the output: each step needs its own margin plus, scaled to its
+    # input rate, what the steps after it need.
+    pre_roll, post_roll = meter_pre_roll, 0
     for step, (rate_in, rate_out) in zip(reversed(steps), reversed(rates), strict=True):
         pre_roll = step.pre_roll() + math.ceil(pre_roll * rate_in / rate_out)
-    return Stage(steps, boundary, input_rate, input_channels, sample_rate, channels, pre_roll)
+        post_roll = step.post_roll() + math.ceil(post_roll * rate_in / rate_out)
+    pre_roll = -(-pre_roll // alignment) * alignment  # the pre-roll's start is aligned too
+    return Stage(
+        steps, boundary, input_rate, input_channels, sample_rate, channels,
+        pre_roll, post_roll, alignment, meter_pre_roll,
+    )  # fmt: skip
+
+
+def _alignment(steps: list[Step], rates: list[tuple[int, int]], input_rate: int) -> int:
+    """Smallest step in stage-input frames that lands every step on a frame it can start at."""
+    alignment = 1
+    for step, (rate_in, _) in zip(steps, rates, strict=True):
+        # A chunk boundary at input frame a is frame a * rate_in / input_rate at this
+        # step, which must be a multiple of the step's own alignment.
+        needed = Fraction(step.alignment() * input_rate, rate_in)
+        alignment = math.lcm(alignment, needed.numerator)
+    return alignment

@@ -1,7 +1,19 @@
 """The processing steps. Importing this package registers every step in ``Step.registry``."""
 
-# Imported in catalogue order, to register the steps.
-from . import gain, normalize, filters  # noqa: F401  # isort: skip
+from . import channels, dynamics, fades, filters, gain, loudness, normalize, resample  # noqa: F401
 from .base import Block, GlobalStep, Param, Step
 
-__all__ = ["Block", "GlobalStep", "Param", "Step"]
+# The order of the catalogue (GET /pipeline/steps, the README, the page).
+_ORDER = ("gain", "normalize", "loudness", "highpass", "lowpass", "bandpass",
+          "fade_in", "fade_out", "resample", "mono", "compressor")  # fmt: skip
+
+
+def catalogue() -> list[type[Step]]:
+    """Return every registered step, in catalogue order (steps defined elsewhere last)."""
+    return sorted(
+        Step.registry.values(),
+        key=lambda step: _ORDER.index(step.name) if step.name in _ORDER else len(_ORDER),
+    )
+
+
+__all__ = ["Block", "GlobalStep", "Param", "Step", "catalogue"]

@@ -9,7 +9,9 @@ Steps see audio as a ``Block``: float64 samples of shape (frames, channels)
 and where they sit in the stream. A block may start with ``pre`` frames of
 pre-roll: audio from before the chunk that stateful steps (filters) run
 through so that their state at the chunk's first frame equals the state they
-would have when processing the whole file; the pipeline drops it afterwards.
+would have when processing the whole file. It may end with ``post`` frames
+of look-ahead, for steps that need the future (a resampler's filter is
+centred). The pipeline drops both afterwards.
 
 A ``GlobalStep`` depends on the whole signal as it reaches it (a peak, a
 loudness): the pipeline ``measure``-s every chunk, ``reduce``-s the
@@ -36,11 +38,24 @@ class Block:
     sample_rate: int
     start: int  # index, in the stream at this rate, of samples[0]
     pre: int = 0  # leading frames that are pre-roll, not part of the chunk
+    post: int = 0  # trailing frames that are look-ahead, not part of the chunk
+    final: bool = False  # the chunk ends where the stream ends
 
     @property
     def body(self) -> np.ndarray:
-        """The chunk's own frames, without pre-roll."""
-        return self.samples[self.pre :]
+        """The chunk's own frames, without pre-roll and look-ahead."""
+        return self.samples[self.pre : len(self.samples) - self.post]
+
+    @property
+    def body_start(self) -> int:
+        """Index in the stream of the chunk's first frame."""
+        return self.start + self.pre
+
+    def trimmed(self, *, keep_pre: int = 0) -> Block:
+        """Return the chunk's own frames, keeping at most keep_pre frames of pre-roll."""
+        pre = min(self.pre, keep_pre)
+        samples = self.samples[self.pre - pre : len(self.samples) - self.post]
+        return Block(samples, self.sample_rate, self.body_start - pre, pre, 0, self.final)
 
     @property
     def channels(self) -> int:
@@ -186,6 +201,14 @@ class Step:
         """Frames of earlier audio each chunk needs so its output equals whole-file processing."""
         return 0
 
+    def post_roll(self) -> int:
+        """Frames of later audio (look-ahead) each chunk needs; 0 for causal steps."""
+        return 0
+
+    def alignment(self) -> int:
+        """Chunks must start at a multiple of this many input frames (a resampler's phase)."""
+        return 1
+
     def output_rate(self, sample_rate: int) -> int:
         """The sample rate of this step's output."""
         return sample_rate
@@ -223,8 +246,12 @@ class GlobalStep(Step):
 
     kind: ClassVar[str] = "global"
 
+    def measure_pre_roll(self) -> int:
+        """Frames of pre-roll measure() needs (a weighting filter); 0 by default."""
+        return 0
+
     def measure(self, block: Block) -> Any:
-        """Return this chunk's contribution to the measurement (of block.body)."""
+        """Return this chunk's share of the measurement (of block.body; pre-roll before it)."""
         raise NotImplementedError
 
     def reduce(self, measurements: Sequence[Any]) -> None:

@@ -83,3 +83,27 @@ class Lowpass(_Butterworth):
     btype = "lowpass"
     params = (_frequency("cut-off frequency (-3 dB)"), _ORDER)
     example = "lowpass=freq=8000"
+
+
+class Bandpass(_Butterworth):
+    name = "bandpass"
+    description = "Butterworth band-pass filter: keeps low..high (each edge has the given order)."
+    btype = "bandpass"
+    params = (
+        Param(name="low", min=10.0, max=94080.0, max_rate_fraction=0.49, unit="Hz",
+              description="lower cut-off frequency (-3 dB)"),
+        Param(name="high", min=10.0, max=94080.0, max_rate_fraction=0.49, unit="Hz",
+              description="upper cut-off frequency (-3 dB)"),
+        _ORDER,
+    )  # fmt: skip
+    example = "bandpass=low=300:high=3400"
+
+    def check(self) -> None:
+        if self.options["low"] >= self.options["high"]:
+            raise self.params[0].error(
+                self.name, f"must be below high ({self.options['high']:g} Hz), got "
+                f"{self.options['low']:g}"
+            )  # fmt: skip
+
+    def cutoff(self) -> list[float]:
+        return [self.options["low"], self.options["high"]]
