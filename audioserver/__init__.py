@@ -14,16 +14,9 @@ from .audio.ffmpeg import configure_pydub, find_ffmpeg
 from .events import SocketBroadcaster, register_handlers
 from .tasks import TaskEngine
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-
-
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """Build the app: settings, Socket.IO, the task engine, error handlers and endpoints."""
-    app = Flask(
-        __name__,
-        template_folder=str(PROJECT_ROOT / "templates"),
-        static_folder=str(PROJECT_ROOT / "static"),
-    )
+    app = Flask(__name__)
     app.config.from_mapping(config.defaults())
     app.config.update(config.from_environment())
     if test_config:
