@@ -14,6 +14,7 @@ from .audio.ffmpeg import configure_pydub, find_ffmpeg
 from .events import SocketBroadcaster, register_handlers
 from .tasks import TaskEngine
 
+
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """Build the app: settings, Socket.IO, the task engine, error handlers and endpoints."""
     app = Flask(__name__)
