@@ -22,3 +22,16 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$digest" ]; then
     .venv/bin/python -m pip install --quiet --no-deps -e .
     echo "$digest" > "$stamp"
 fi
+
+# The page's Socket.IO client comes from the npm registry (package-lock.json pins it)
+# and is served by the server itself: no CDN, nothing copied into the repository by hand.
+vendor=audioserver/static/vendor
+if [ ! -f "$vendor/socket.io.min.js" ] || [ package-lock.json -nt "$vendor/socket.io.min.js" ]; then
+    if command -v npm >/dev/null; then
+        npm ci --no-audit --no-fund --loglevel=error
+        mkdir -p "$vendor"
+        cp node_modules/socket.io-client/dist/socket.io.min.js "$vendor/"
+    else
+        echo "npm not found: the page will not have its Socket.IO client (install Node.js)" >&2
+    fi
+fi
