@@ -6,8 +6,10 @@ import logging
 import threading
 from typing import Any
 
+from engineio import packet as eio_packet
 from flask import request
 from flask_socketio import SocketIO
+from socketio import packet as sio_packet
 
 from .errors import AudioServerError, BadRequest
 from .tasks import TaskEngine
@@ -41,6 +43,21 @@ class SocketBroadcaster:
     def emit(self, event: str, data: dict[str, Any], *, to: str) -> None:
         with self._lock:
             self._socketio.emit(event, data, to=to, namespace=NAMESPACE)
+
+    def prepare(self, event: str, data: dict[str, Any]) -> list[eio_packet.Packet]:
+        """Encode an event once, ahead of sending (JSON and binary attachments)."""
+        encoded = self._server.packet_class(
+            sio_packet.EVENT, namespace=NAMESPACE, data=[event, data]
+        ).encode()
+        pieces = encoded if isinstance(encoded, list) else [encoded]
+        return [eio_packet.Packet(eio_packet.MESSAGE, piece) for piece in pieces]
+
+    def send(self, prepared: list[eio_packet.Packet], *, to: str) -> None:
+        """Send a prepared event to a room or a client (queueing only: it never waits)."""
+        with self._lock:
+            for _, eio_sid in self._server.manager.get_participants(NAMESPACE, to):
+                for piece in prepared:
+                    self._server.eio.send_packet(eio_sid, piece)
 
     def join(self, sid: str, room: str) -> None:
         self._server.enter_room(sid, room, namespace=NAMESPACE)

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from .audio import analysis
 from .audio.chunking import Chunk, Spool, decoded_chunks, spooled_chunks
@@ -60,11 +61,12 @@ INTERNAL_META = frozenset({"frames", "waveform_first"})  # stored with a chunk, 
 
 @dataclass(frozen=True)
 class ChunkOutput:
-    """A processed chunk waiting for its turn to be emitted."""
+    """A processed chunk waiting for its turn to be emitted, its event already encoded."""
 
     meta: dict[str, Any]
     pcm: bytes
     measure: ChunkMeasure
+    event: Any
 
 
 class Status(enum.StrEnum):
@@ -82,6 +84,8 @@ class Broadcaster(Protocol):
     """Where the engine sends events: a Socket.IO server, or a recorder in tests."""
 
     def emit(self, event: str, data: dict[str, Any], *, to: str) -> None: ...
+    def prepare(self, event: str, data: dict[str, Any]) -> Any: ...
+    def send(self, prepared: Any, *, to: str) -> None: ...
     def join(self, sid: str, room: str) -> None: ...
     def leave(self, sid: str, room: str) -> None: ...
     def is_connected(self, sid: str) -> bool: ...
@@ -92,6 +96,12 @@ class NullBroadcaster:
     """A broadcaster with no clients."""
 
     def emit(self, event: str, data: dict[str, Any], *, to: str) -> None:
+        pass
+
+    def prepare(self, event: str, data: dict[str, Any]) -> Any:
+        return None
+
+    def send(self, prepared: Any, *, to: str) -> None:
         pass
 
     def join(self, sid: str, room: str) -> None:
@@ -333,6 +343,9 @@ class TaskEngine:
         self.max_audio_seconds = max_audio_seconds
         self.stall_seconds = stall_seconds
         self.broadcaster: Broadcaster = broadcaster or NullBroadcaster()
+        # The pool runs chunks in parallel; BLAS threading inside each chunk's matrix
+        # products would only fight it for the same cores (OpenBLAS spins while it waits).
+        threadpool_limits(limits=1, user_api="blas")
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="worker")
         self._lock = threading.Lock()
         self._tasks: dict[str, Task] = {}
@@ -655,7 +668,9 @@ class TaskEngine:
         pcm = analysis.to_pcm16(samples)
         meta["processing_ms"] = round((time.perf_counter() - started) * 1000, 2)
         meta["worker"] = threading.current_thread().name
-        return ChunkOutput(meta, pcm, measure)
+        # Encoded here, in parallel, so that emitting under the task's lock only queues it.
+        event = self.broadcaster.prepare("audio_chunk", self._chunk_payload(task, meta, pcm))
+        return ChunkOutput(meta, pcm, measure, event)
 
     def _deliver(self, task: Task, index: int, output: ChunkOutput) -> None:
         """Put a processed chunk in the reorder buffer, and emit every chunk now in order."""
@@ -671,18 +686,18 @@ class TaskEngine:
                     task.encoder.advance(task.store.wav.data_bytes)
                 task.measures.append(ready.measure)
                 task.output_frames += ready.meta["frames"]
-                self._emit_chunk(task, ready.meta, ready.pcm, to=task.room)
+                self.broadcaster.send(ready.event, to=task.room)
                 task.next_index += 1
                 task.work_done += 1
                 task.window.release()
 
-    def _emit_chunk(self, task: Task, meta: dict[str, Any], pcm: bytes, *, to: str) -> None:
-        """Send one audio_chunk event (call with task.lock held)."""
+    def _chunk_payload(self, task: Task, meta: dict[str, Any], pcm: bytes) -> dict[str, Any]:
+        """Return the audio_chunk event's data for a chunk (chunks_total: the best estimate now)."""
         payload = {key: value for key, value in meta.items() if key not in INTERNAL_META}
         payload["chunks_total"] = task.chunks_total
         if task.options.stream_audio:
             payload["audio"] = pcm
-        self.broadcaster.emit("audio_chunk", payload, to=to)
+        return payload
 
     # -- ending -----------------------------------------------------------------
 
@@ -927,5 +942,6 @@ class TaskEngine:
                         self.broadcaster.emit(event, data, to=sid)
                     return
                 meta, pcm = task.store.read(cursor)
-                self._emit_chunk(task, meta, pcm, to=sid)
+                payload = self._chunk_payload(task, meta, pcm)
+                self.broadcaster.send(self.broadcaster.prepare("audio_chunk", payload), to=sid)
             cursor += 1

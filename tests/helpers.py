@@ -285,6 +285,12 @@ class Recorder:
                 self.received[sid].append((event, data))
             self._condition.notify_all()
 
+    def prepare(self, event: str, data: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        return event, data
+
+    def send(self, prepared: tuple[str, dict[str, Any]], *, to: str) -> None:
+        self.emit(*prepared, to=to)
+
     def join(self, sid: str, room: str) -> None:
         with self._condition:
             self.rooms.setdefault(room, set()).add(sid)

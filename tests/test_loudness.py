@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy import signal
 
+from audioserver.audio import loudness
 from audioserver.audio.loudness import (
     channel_weights,
     chunk_energies,
@@ -258,7 +259,10 @@ def test_channel_weights() -> None:
 def test_true_peak_between_samples() -> None:
     rate = 48000
     t = np.arange(rate) / rate
-    x = 0.5 * np.sin(2 * np.pi * (rate / 4) * t + np.pi / 4)[:, np.newaxis]
+    # Faded in and out over 10 ms: a sine that starts at full scale makes the interpolator
+    # ring at its edge (a real overshoot of that signal, not the steady state measured here).
+    ramp = np.clip(np.minimum(t, t[::-1]) / 0.01, 0, 1)
+    x = (0.5 * ramp * np.sin(2 * np.pi * (rate / 4) * t + np.pi / 4))[:, np.newaxis]
     assert np.max(np.abs(x)) < 0.5 * 10 ** (-2.9 / 20)  # samples miss the peak by 3 dB
     peak = peak_chunked(x, rate, bounds_of(len(x), 7001))
     assert 20 * np.log10(peak / 0.5) == pytest.approx(0.0, abs=0.1)
@@ -295,3 +299,44 @@ def test_too_short_or_too_steady_for_a_measure() -> None:
     steady = sine(5.0, rate=rate, freq=1000.0, amplitude=10 ** (-23 / 20))
     assert loudness_range(whole(steady, rate)) == pytest.approx(0.0, abs=0.01)
     assert loudness_range(whole(sine(3.05, rate=rate), rate)) is None  # one short-term value
+
+
+def direct_true_peak(x: np.ndarray, rate: int) -> float:
+    """Every oversampled sample of the whole signal, by scipy's upfirdn (no shortcuts).
+
+    Phase 0 of the interpolator is the input itself (up to its window's rounding of
+    1e-5): the samples stand for it.
+    """
+    factor = loudness._oversampling(rate)
+    interpolated = signal.upfirdn(loudness._interpolator(factor), x, up=factor, axis=0)
+    between = [interpolated[j::factor] for j in range(1, factor)]
+    return float(max(np.max(np.abs(x)), *(np.max(np.abs(phase)) for phase in between)))
+
+
+@pytest.mark.parametrize("rate", [44100, 96000])
+@pytest.mark.parametrize(
+    "kind", ["noise", "fs/4 sine", "clicks", "quiet then loud", "silence", "square"]
+)
+def test_true_peak_equals_the_full_interpolation(kind, rate):
+    n = rate // 2
+    t = np.arange(n) / rate
+    x = {
+        "noise": np.random.default_rng(5).normal(0, 0.2, (n, 2)),
+        "fs/4 sine": 0.5 * np.sin(2 * np.pi * rate / 4 * t + np.pi / 4)[:, None] * [1, 0.7],
+        "clicks": np.where(np.arange(n)[:, None] % 997 == 0, 0.9, 0.0) * [1, -1],
+        "quiet then loud": np.sin(2 * np.pi * 1000 * t)[:, None]
+        * np.where(t < 0.25, 0.01, 0.8)[:, None],
+        "silence": np.zeros((n, 2)),
+        "square": np.sign(np.sin(2 * np.pi * 997 * t))[:, None] * [0.5, 0.5],
+    }[kind]
+    expected = direct_true_peak(x, rate)
+    size = 4000
+    pre = loudness.true_peak_pre_roll(rate)
+    chunked = max(
+        loudness.true_peak(
+            x[max(0, start - pre) : start + size], sample_rate=rate, pre=min(pre, start),
+            last=start + size >= n,
+        )
+        for start in range(0, n, size)
+    )  # fmt: skip
+    assert chunked == pytest.approx(expected, rel=1e-6, abs=1e-12)  # float32 convolution

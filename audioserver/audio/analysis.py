@@ -11,13 +11,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import scipy.fft
 from scipy import signal
 
 SILENCE_DB = -120.0  # the level reported for digital silence (JSON has no -inf)
 WAVEFORM_PER_SECOND = 100
 SPECTRUM_BANDS = 64
 SPECTRUM_LOW_HZ = 20.0
-_SPECTRUM_SEGMENT = 8192
+_SPECTRUM_SEGMENT = 4096
 
 
 def to_db(power_or_amplitude: np.ndarray | float, *, power: bool = False) -> np.ndarray | float:
@@ -31,8 +32,9 @@ def levels(samples: np.ndarray) -> tuple[float, float]:
     """Return (sample peak, RMS) in dBFS over every channel; a full-scale sine has RMS -3 dBFS."""
     if samples.size == 0:
         return SILENCE_DB, SILENCE_DB
-    peak = float(np.max(np.abs(samples)))
-    mean_square = float(np.mean(np.square(samples, dtype=np.float64)))
+    peak = max(float(np.max(samples)), -float(np.min(samples)))
+    flat = samples.reshape(-1)
+    mean_square = float(np.dot(flat, flat)) / flat.size
     return float(to_db(peak)), float(to_db(mean_square, power=True))
 
 
@@ -51,10 +53,14 @@ def waveform(samples: np.ndarray, *, sample_rate: int, start: int = 0) -> list[l
     frames = len(samples)
     if frames == 0:
         return []
-    bins = waveform_index(np.arange(start, start + frames), sample_rate=sample_rate)
-    starts = np.concatenate([[0], np.flatnonzero(np.diff(bins)) + 1])
-    lows = np.minimum.reduceat(samples.min(axis=1), starts)
-    highs = np.maximum.reduceat(samples.max(axis=1), starts)
+    first = waveform_index(start, sample_rate=sample_rate)
+    last = waveform_index(start + frames - 1, sample_rate=sample_rate)
+    # Frame where each bin after the first begins: the first n with n * 100 >= k * rate.
+    edges = -(-np.arange(first + 1, last + 1) * sample_rate // WAVEFORM_PER_SECOND) - start
+    starts = np.concatenate([[0], edges])
+    # Reduce along the frames (fast), then across the few channels.
+    lows = np.minimum.reduceat(samples, starts, axis=0).min(axis=1)
+    highs = np.maximum.reduceat(samples, starts, axis=0).max(axis=1)
     pairs = np.clip(np.stack([lows, highs], axis=1), -1.0, 1.0)
     return np.round(pairs, 4).tolist()
 
@@ -96,30 +102,50 @@ def _band_edges(sample_rate: int, bands: int) -> np.ndarray:
     return np.geomspace(SPECTRUM_LOW_HZ, sample_rate / 2, bands + 1)
 
 
+@functools.lru_cache(maxsize=8)
+def _hann(size: int) -> np.ndarray:
+    window = signal.get_window("hann", size).astype(np.float32)
+    window.setflags(write=False)
+    return window
+
+
 def spectrum(samples: np.ndarray, *, sample_rate: int, bands: int = SPECTRUM_BANDS) -> list[float]:
     """Return the level of ``bands`` log-spaced bands from 20 Hz to Nyquist, in dBFS.
 
-    The channels are averaged; a full-scale sine reads 0 dBFS in its band.
+    The channels are averaged; the power spectral density is the mean over
+    Hann-windowed segments of up to 4096 frames that tile the chunk (the last
+    one ends at the chunk's end); a full-scale sine reads 0 dBFS in its band.
     A band too narrow to hold an FFT bin takes the density of the nearest bin.
     """
-    mono = samples.mean(axis=1) if samples.ndim == 2 else samples
-    if len(mono) < 16:
+    channels = samples.shape[1] if samples.ndim == 2 else 1
+    mono = samples @ np.full(channels, 1 / channels) if samples.ndim == 2 else samples
+    frames = len(mono)
+    if frames < 16:
         return [SILENCE_DB] * bands
-    segment = min(len(mono), _SPECTRUM_SEGMENT)
-    freqs, density = signal.welch(mono, fs=sample_rate, nperseg=segment, scaling="density")
-    bin_width = freqs[1] - freqs[0]
+    segment = min(frames, _SPECTRUM_SEGMENT)
+    starts = np.unique(np.append(np.arange(0, frames - segment + 1, segment), frames - segment))
+    pieces = mono.astype(np.float32)[starts[:, np.newaxis] + np.arange(segment)]
+    window = _hann(segment)
+    power = np.mean(np.abs(scipy.fft.rfft(pieces * window, axis=1)) ** 2, axis=0)
+    # One-sided density, as Welch's method scales it: power per Hz.
+    density = power.astype(np.float64) * 2 / (sample_rate * float(np.dot(window, window)))
+    density[0] /= 2
+    if segment % 2 == 0:
+        density[-1] /= 2
+    bin_width = sample_rate / segment
+    freqs = np.arange(len(density)) * bin_width
     edges = _band_edges(sample_rate, bands)
     # Power of each band = integral of the density over it.
     cumulative = np.concatenate([[0.0], np.cumsum(density) * bin_width])
     index = np.searchsorted(freqs, edges)
-    power = cumulative[index[1:]] - cumulative[index[:-1]]
+    band_power = cumulative[index[1:]] - cumulative[index[:-1]]
     empty = index[1:] == index[:-1]
     if np.any(empty):
         centres = np.sqrt(edges[:-1] * edges[1:])[empty]
         nearest = np.clip(np.rint(centres / bin_width).astype(np.int64), 0, len(density) - 1)
-        power[empty] = density[nearest] * (edges[1:] - edges[:-1])[empty]
+        band_power[empty] = density[nearest] * (edges[1:] - edges[:-1])[empty]
     # A sine of amplitude A has power A**2 / 2: double it so full scale reads 0 dB.
-    return np.round(to_db(2.0 * power, power=True), 2).tolist()
+    return np.round(to_db(2.0 * band_power, power=True), 2).tolist()
 
 
 def to_pcm16(samples: np.ndarray) -> bytes:

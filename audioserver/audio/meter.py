@@ -36,10 +36,21 @@ class ChunkMeasure:
 
 
 class OutputMeter:
-    """Measures output chunks (with pre-roll) and sums them up."""
+    """Measures output chunks (with pre-roll) and sums them up.
+
+    True peak is the costly part: a chunk whose sample peak, times the most an
+    interpolated sample can exceed its inputs, stays under a sample peak
+    already seen cannot hold the file's true peak, so it is not interpolated.
+    The file's true peak is the same; only which chunks were measured depends
+    on the order workers finished in.
+    """
 
     def __init__(self, *, sample_rate: int) -> None:
         self.sample_rate = sample_rate
+        self._gain = loudness.true_peak_gain(sample_rate)
+        # The largest sample peak measured so far: a lower bound of the file's true peak.
+        # Threads may race on it; a stale value only makes the shortcut rarer.
+        self._floor = 0.0
 
     @staticmethod
     def pre_roll(sample_rate: int) -> int:
@@ -49,14 +60,20 @@ class OutputMeter:
     def measure(self, block: Block) -> ChunkMeasure:
         """Measure one chunk: block.body, with block.pre frames of the output before it."""
         body = block.body
+        sample_peak = max(float(np.max(body)), -float(np.min(body))) if body.size else 0.0
+        self._floor = max(self._floor, sample_peak)
+        if sample_peak * self._gain < self._floor:
+            true_peak = sample_peak  # below the file's true peak whatever it is exactly
+        else:
+            true_peak = loudness.true_peak(
+                block.samples, sample_rate=self.sample_rate, pre=block.pre, last=block.final
+            )
         return ChunkMeasure(
             energies=loudness.chunk_energies(
                 block.samples, sample_rate=self.sample_rate, start=block.body_start, pre=block.pre
             ),
-            true_peak=loudness.true_peak(
-                block.samples, sample_rate=self.sample_rate, pre=block.pre, last=block.final
-            ),
-            sample_peak=float(np.max(np.abs(body))) if body.size else 0.0,
+            true_peak=true_peak,
+            sample_peak=sample_peak,
             frames=len(body),
         )
 

@@ -170,6 +170,7 @@ def test_a_late_subscriber_gets_the_replay_then_the_live_stream(live_server, lis
     ack = late.client.call("subscribe", {"task_id": task_id, "from_index": 0}, timeout=10)
     assert ack["ok"] and ack["task"]["status"] == "processing"
     assert late.wait_end(task_id)[0] == "processing_complete"
+    assert owner.wait_end(task_id)[0] == "processing_complete"  # each socket drains on its own
     indexes = [chunk["index"] for chunk in late.chunks(task_id)]
     assert indexes == list(range(48))
     assert [c["audio"] for c in late.chunks(task_id)] == [c["audio"] for c in owner.chunks(task_id)]
