@@ -42,6 +42,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         chunk_window=app.config["CHUNK_WINDOW"],
         max_audio_seconds=app.config["MAX_AUDIO_SECONDS"],
         stall_seconds=app.config["DECODE_STALL_SECONDS"],
+        client_backlog=app.config["CLIENT_BACKLOG"],
         broadcaster=SocketBroadcaster(socketio),
     )
     app.extensions["audio_engine"] = engine

@@ -92,6 +92,12 @@ SETTINGS: tuple[Setting, ...] = (
         help="chunks of one task in flight at once (0: twice the workers)",
     ),
     Setting(
+        name="CLIENT_BACKLOG",
+        default=16,
+        type=int,
+        help="packets queued for a client before it is served at its own pace (a chunk is 2)",
+    ),
+    Setting(
         name="FFMPEG",
         default="",
         type=str,

@@ -52,12 +52,35 @@ class SocketBroadcaster:
         pieces = encoded if isinstance(encoded, list) else [encoded]
         return [eio_packet.Packet(eio_packet.MESSAGE, piece) for piece in pieces]
 
-    def send(self, prepared: list[eio_packet.Packet], *, to: str) -> None:
-        """Send a prepared event to a room or a client (queueing only: it never waits)."""
+    def send(
+        self, prepared: list[eio_packet.Packet], *, to: str, max_backlog: int | None = None
+    ) -> list[str]:
+        """Queue a prepared event for a room or a client; it never waits.
+
+        Clients that already have more than max_backlog packets waiting (they
+        read slower than the task produces) are skipped and returned, so the
+        caller can serve them at their own pace instead of buffering for them.
+        """
+        lagging = []
         with self._lock:
-            for _, eio_sid in self._server.manager.get_participants(NAMESPACE, to):
+            for sid, eio_sid in self._server.manager.get_participants(NAMESPACE, to):
+                if max_backlog is not None and (self._queued(eio_sid) or 0) > max_backlog:
+                    lagging.append(sid)
+                    continue
                 for piece in prepared:
                     self._server.eio.send_packet(eio_sid, piece)
+        return lagging
+
+    def backlog(self, sid: str) -> int | None:
+        """Packets waiting to be written to a client; None if it is not connected."""
+        eio_sid = self._server.manager.eio_sid_from_sid(sid, NAMESPACE)
+        return None if eio_sid is None else self._queued(eio_sid)
+
+    def _queued(self, eio_sid: str) -> int | None:
+        # python-engineio keeps one unbounded queue per client; its length is the
+        # only sign that a client reads slower than we write.
+        socket = self._server.eio.sockets.get(eio_sid)
+        return None if socket is None or socket.closed else socket.queue.qsize()
 
     def join(self, sid: str, room: str) -> None:
         self._server.enter_room(sid, room, namespace=NAMESPACE)

@@ -85,7 +85,8 @@ class Broadcaster(Protocol):
 
     def emit(self, event: str, data: dict[str, Any], *, to: str) -> None: ...
     def prepare(self, event: str, data: dict[str, Any]) -> Any: ...
-    def send(self, prepared: Any, *, to: str) -> None: ...
+    def send(self, prepared: Any, *, to: str, max_backlog: int | None = None) -> list[str]: ...
+    def backlog(self, sid: str) -> int | None: ...
     def join(self, sid: str, room: str) -> None: ...
     def leave(self, sid: str, room: str) -> None: ...
     def is_connected(self, sid: str) -> bool: ...
@@ -101,8 +102,11 @@ class NullBroadcaster:
     def prepare(self, event: str, data: dict[str, Any]) -> Any:
         return None
 
-    def send(self, prepared: Any, *, to: str) -> None:
-        pass
+    def send(self, prepared: Any, *, to: str, max_backlog: int | None = None) -> list[str]:
+        return []
+
+    def backlog(self, sid: str) -> int | None:
+        return None
 
     def join(self, sid: str, room: str) -> None:
         pass
@@ -331,6 +335,7 @@ class TaskEngine:
         chunk_window: int = 0,
         max_audio_seconds: float = 4 * 3600.0,
         stall_seconds: float = 30.0,
+        client_backlog: int = 16,
         broadcaster: Broadcaster | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
@@ -342,6 +347,7 @@ class TaskEngine:
         self.chunk_window = chunk_window or max(2, 2 * workers)
         self.max_audio_seconds = max_audio_seconds
         self.stall_seconds = stall_seconds
+        self.client_backlog = client_backlog
         self.broadcaster: Broadcaster = broadcaster or NullBroadcaster()
         # The pool runs chunks in parallel; BLAS threading inside each chunk's matrix
         # products would only fight it for the same cores (OpenBLAS spins while it waits).
@@ -686,7 +692,11 @@ class TaskEngine:
                     task.encoder.advance(task.store.wav.data_bytes)
                 task.measures.append(ready.measure)
                 task.output_frames += ready.meta["frames"]
-                self.broadcaster.send(ready.event, to=task.room)
+                lagging = self.broadcaster.send(
+                    ready.event, to=task.room, max_backlog=self.client_backlog
+                )
+                for sid in lagging:
+                    self._pace(task, sid, from_index=task.next_index)
                 task.next_index += 1
                 task.work_done += 1
                 task.window.release()
@@ -916,6 +926,33 @@ class TaskEngine:
         replay.start()
         return task
 
+    def _pace(self, task: Task, sid: str, *, from_index: int) -> None:
+        """Take a client that reads too slowly off the live stream and replay to it at its pace.
+
+        Called with task.lock held. Without this, every chunk would wait in
+        memory for it; the chunks are on disk, so it loses nothing.
+        """
+        task.log.info("client %s reads slowly; serving it from chunk %d", sid, from_index)
+        self.broadcaster.leave(sid, task.room)
+        generation = task.replays.get(sid, 0) + 1
+        task.replays[sid] = generation
+        threading.Thread(
+            target=self._replay,
+            args=(task, sid, from_index, generation),
+            name=f"replay-{task.id[:8]}",
+            daemon=True,
+        ).start()
+
+    def _writable(self, sid: str) -> bool:
+        """Wait until a client has room for more (False if it went away)."""
+        while True:
+            backlog = self.broadcaster.backlog(sid)
+            if backlog is None:
+                return self.broadcaster.is_connected(sid)  # a test broadcaster keeps no queue
+            if backlog <= self.client_backlog // 2:
+                return True
+            time.sleep(0.02)  # python-engineio has no "queue drained" signal to wait on
+
     def unsubscribe(self, task_id: str, sid: str) -> None:
         """Stop sending a task's events to a client."""
         task = self.get(task_id)
@@ -931,7 +968,7 @@ class TaskEngine:
         the replay has caught up, joining the room happens under the same lock
         as live emission, so nothing falls between the two.
         """
-        while self.broadcaster.is_connected(sid):
+        while self._writable(sid):
             with task.lock:
                 if task.replays.get(sid) != generation:
                     return

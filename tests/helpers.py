@@ -288,8 +288,14 @@ class Recorder:
     def prepare(self, event: str, data: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         return event, data
 
-    def send(self, prepared: tuple[str, dict[str, Any]], *, to: str) -> None:
+    def send(
+        self, prepared: tuple[str, dict[str, Any]], *, to: str, max_backlog: int | None = None
+    ) -> list[str]:
         self.emit(*prepared, to=to)
+        return []
+
+    def backlog(self, sid: str) -> int | None:
+        return None
 
     def join(self, sid: str, room: str) -> None:
         with self._condition:

@@ -290,3 +290,29 @@ def test_terminal_events_are_the_last_word(live_server, listen, audio_file):
     )
     names = [name for name, _ in listener.of_task(task_id)]
     assert names == ["audio_chunk", "processing_complete"] * 2
+
+
+def test_a_client_that_stops_reading_is_served_at_its_own_pace(make_server, listen, audio_file):
+    server = make_server(CLIENT_BACKLOG=8)
+    reading = threading.Event()
+    slow, fast = listen(server.url), listen(server.url)
+    record = slow._recorder("audio_chunk")
+    # Its handler blocks, and an InOrderClient handles events in its read loop: it stops reading.
+    slow.client.on("audio_chunk", lambda chunk: (reading.wait(60), record(chunk)))
+    # 23 MB of audio: far more than the sockets' buffers hold for a client that does not read.
+    path = audio_file(120.0, "flac", rate=48000, signal=music(120.0, rate=48000) * 0.5)
+    try:
+        slow_task = post_upload(server, path, sid=slow.sid).json()["task_id"]
+        fast_task = post_upload(server, path, sid=fast.sid).json()["task_id"]
+        # The reader that keeps up is not held back by the one that does not ...
+        assert fast.wait_end(fast_task)[0] == "processing_complete"
+        assert server.engine.get(slow_task).retired.wait(60)
+        # ... and the server holds only a few chunks for the slow one (8 packets, plus the
+        # chunk that crossed the line; an audio chunk is 2 packets).
+        assert server.engine.broadcaster.backlog(slow.sid) <= 8 + 2
+    finally:
+        reading.set()  # it reads again: it gets every chunk, in order, once
+    assert slow.wait_end(slow_task, timeout=60)[0] == "processing_complete"
+    chunks = slow.chunks(slow_task)
+    assert [c["index"] for c in chunks] == list(range(60))
+    assert b"".join(c["audio"] for c in chunks) == result_pcm(server, slow_task)
