@@ -17,9 +17,7 @@ that ``events.py`` wires to ``socketio.emit``. Only this module starts threads.
 from __future__ import annotations
 
 import contextlib
-import enum
 import logging
-import math
 import shutil
 import threading
 import time
@@ -27,8 +25,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -37,10 +34,10 @@ from threadpoolctl import threadpool_limits
 
 from .audio import analysis
 from .audio.chunking import Chunk, Spool, decoded_chunks, spooled_chunks
-from .audio.decode import AudioInfo, Decoder
+from .audio.decode import Decoder
 from .audio.encoders import FORMATS, EncodeError, StreamEncoder
-from .audio.meter import ChunkMeasure, OutputMeter
-from .audio.pipeline import Pipeline, Stage
+from .audio.meter import OutputMeter
+from .audio.pipeline import Stage
 from .audio.steps import Block
 from .errors import (
     AtCapacity,
@@ -50,34 +47,15 @@ from .errors import (
     TaskConflict,
     TaskNotFound,
 )
-from .storage import ChunkStore, remove_folder
+from .storage import remove_folder
+from .task import INTERNAL_META, TERMINAL, ChunkOutput, Status, Task, TaskOptions, now
+
+__all__ = ["Broadcaster", "Status", "Task", "TaskEngine", "TaskOptions"]
 
 logger = logging.getLogger(__name__)
 
 UPLOAD_NAME = "upload"
 RESULT_WAIT_SECONDS = 60.0
-INTERNAL_META = frozenset({"frames", "waveform_first"})  # stored with a chunk, not sent
-
-
-@dataclass(frozen=True)
-class ChunkOutput:
-    """A processed chunk waiting for its turn to be emitted, its event already encoded."""
-
-    meta: dict[str, Any]
-    pcm: bytes
-    measure: ChunkMeasure
-    event: Any
-
-
-class Status(enum.StrEnum):
-    QUEUED = "queued"
-    PROCESSING = "processing"
-    COMPLETED = "completed"
-    STOPPED = "stopped"
-    FAILED = "failed"
-
-
-TERMINAL = frozenset({Status.COMPLETED, Status.STOPPED, Status.FAILED})
 
 
 class Broadcaster(Protocol):
@@ -119,206 +97,6 @@ class NullBroadcaster:
 
     def resolve(self, sid: str) -> str | None:
         return None
-
-
-@dataclass(frozen=True, kw_only=True)
-class TaskOptions:
-    """What the client chose for a task."""
-
-    pipeline: Pipeline
-    chunk_seconds: float = 2.0
-    format: str = "wav"
-    stream_audio: bool = True
-
-
-class Window:
-    """Bounds a task's chunks between submission and emission; cancelling frees every waiter."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._in_use = 0
-        self._cancelled = False
-        self._condition = threading.Condition()
-
-    def acquire(self) -> bool:
-        """Take a slot, waiting for one; False if the window was cancelled."""
-        with self._condition:
-            while self._in_use >= self.size and not self._cancelled:
-                self._condition.wait()
-            if self._cancelled:
-                return False
-            self._in_use += 1
-            return True
-
-    def release(self) -> None:
-        with self._condition:
-            self._in_use -= 1
-            self._condition.notify_all()
-
-    def drain(self) -> bool:
-        """Wait until every slot is released; False if the window was cancelled."""
-        with self._condition:
-            while self._in_use > 0 and not self._cancelled:
-                self._condition.wait()
-            return not self._cancelled
-
-    def cancel(self) -> None:
-        with self._condition:
-            self._cancelled = True
-            self._condition.notify_all()
-
-
-class JobCounter:
-    """Counts a task's jobs in the pool, so its files are closed only when none can touch them."""
-
-    def __init__(self) -> None:
-        self._running = 0
-        self._condition = threading.Condition()
-
-    def add(self) -> None:
-        with self._condition:
-            self._running += 1
-
-    def done(self) -> None:
-        with self._condition:
-            self._running -= 1
-            self._condition.notify_all()
-
-    def wait_idle(self) -> None:
-        with self._condition:
-            while self._running:
-                self._condition.wait()
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _iso(moment: datetime | None) -> str | None:
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z") if moment else None
-
-
-class Task:
-    """One uploaded file going through its pipeline, and everything it has produced."""
-
-    def __init__(
-        self,
-        *,
-        task_id: str,
-        filename: str,
-        folder: Path,
-        info: AudioInfo,
-        options: TaskOptions,
-        stages: list[Stage],
-        window: int,
-    ) -> None:
-        self.id = task_id
-        self.filename = filename
-        self.folder = folder
-        self.info = info
-        self.options = options
-        self.stages = stages
-        self.status = Status.QUEUED
-        self.created_at = _now()
-        self.started_at: datetime | None = None
-        self.finished_at: datetime | None = None
-        self.error: dict[str, str] | None = None
-        self.summary: dict[str, Any] | None = None
-        self.terminal: tuple[str, dict[str, Any]] | None = None
-        self.duration = info.duration
-        self.log = logging.LoggerAdapter(logger, {"task_id": task_id})
-        # Everything below is guarded by self.lock.
-        self.lock = threading.Lock()
-        self.stopping = threading.Event()
-        self.window = Window(window)
-        self.jobs = JobCounter()
-        self.decoder: Decoder | None = None
-        self.next_index = 0
-        self.reorder: dict[int, ChunkOutput] = {}
-        self.chunks_final: int | None = None
-        self.work_done = 0
-        self.meter = OutputMeter(sample_rate=stages[-1].output_rate)
-        self.measures: list[ChunkMeasure] = []
-        self.output_frames = 0
-        self.replays: dict[str, int] = {}
-        self.deleted = False
-        self.runner_done = False
-        self.retired = threading.Event()  # set when no thread of the task touches its files
-        self.encoder: StreamEncoder | None = None
-        self.result_path: Path | None = None  # the result file, once it is complete
-        self.result_error: str | None = None
-        last = stages[-1]
-        self.store = ChunkStore(folder, sample_rate=last.output_rate, channels=last.output_channels)
-
-    @property
-    def room(self) -> str:
-        return f"task:{self.id}"
-
-    def chunk_frames(self, stage: int) -> int:
-        """Frames of a chunk at the input of a stage."""
-        return self.stages[stage].chunk_frames(self.options.chunk_seconds)
-
-    @property
-    def chunks_total(self) -> int | None:
-        """The number of chunks: exact once decoding ended, else estimated from the duration."""
-        if self.chunks_final is not None:
-            return self.chunks_final
-        if self.duration is None:
-            return None
-        frames = self.duration * self.stages[-1].input_rate
-        return max(self.next_index, math.ceil(frames / self.chunk_frames(len(self.stages) - 1)))
-
-    @property
-    def progress(self) -> float:
-        if self.status == Status.COMPLETED:
-            return 1.0
-        total = self.chunks_total
-        if not total:
-            return 0.0
-        return min(1.0, self.work_done / (total * len(self.stages)))
-
-    @property
-    def elapsed(self) -> float:
-        if self.started_at is None:
-            return 0.0
-        return ((self.finished_at or _now()) - self.started_at).total_seconds()
-
-    def to_json(self, *, workers: int) -> dict[str, Any]:
-        """Return the task as the API shows it."""
-        last = self.stages[-1]
-        return {
-            "task_id": self.id,
-            "status": str(self.status),
-            "filename": self.filename,
-            "duration": self.duration,
-            "sample_rate": last.output_rate,
-            "channels": last.output_channels,
-            "input": {
-                "sample_rate": self.info.sample_rate,
-                "channels": self.info.channels,
-                "codec": self.info.codec,
-                "duration": self.info.duration,
-            },
-            "chunk_seconds": self.options.chunk_seconds,
-            "chunks_total": self.chunks_total,
-            "chunks_done": self.next_index,
-            "progress": round(self.progress, 4),
-            "pipeline": self.options.pipeline.to_json(),
-            "format": self.options.format,
-            "stream_audio": self.options.stream_audio,
-            "workers": workers,
-            "created_at": _iso(self.created_at),
-            "started_at": _iso(self.started_at),
-            "finished_at": _iso(self.finished_at),
-            "elapsed": round(self.elapsed, 3),
-            "error": self.error,
-            "summary": self.summary,
-            "links": {
-                "status": f"/tasks/{self.id}",
-                "result": f"/tasks/{self.id}/result",
-                "stop": "/stop-processing",
-            },
-        }
 
 
 class TaskEngine:
@@ -502,7 +280,7 @@ class TaskEngine:
             self._active.add(task.id)
             with task.lock:
                 task.status = Status.PROCESSING
-                task.started_at = _now()
+                task.started_at = now()
             runner = threading.Thread(
                 target=self._run, args=(task,), name=f"task-{task.id[:8]}", daemon=True
             )
@@ -723,7 +501,7 @@ class TaskEngine:
             if task.status in TERMINAL:
                 return False
             task.status = status
-            task.finished_at = _now()
+            task.finished_at = now()
             task.stopping.set()
             task.reorder.clear()
             task.store.finalize()

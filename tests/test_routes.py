@@ -41,7 +41,8 @@ def wav(tmp_path) -> Path:
 def test_index_serves_the_upload_page(client):
     page = client.get("/")
     assert page.status_code == 200
-    assert b'<input id="file" name="file" type="file"' in page.data
+    assert page.mimetype == "text/html"
+    assert b'type="file"' in page.data and b"/static/vendor/socket.io.min.js" in page.data
 
 
 def test_upload_answers_202_with_the_task_then_processes(app, client, wav):
