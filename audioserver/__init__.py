@@ -9,7 +9,7 @@ from typing import Any
 from flask import Flask
 from flask_socketio import SocketIO
 
-from . import config, errors, routes
+from . import config, errors, routes, security
 from .audio.ffmpeg import configure_pydub, find_ffmpeg
 from .events import SocketBroadcaster, register_handlers
 from .tasks import TaskEngine
@@ -32,7 +32,10 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     ffmpeg = find_ffmpeg(app.config["FFMPEG"])
     configure_pydub(ffmpeg)
 
-    socketio = SocketIO(app, async_mode="threading")
+    origins = security.init_app(app)
+    socketio = SocketIO(
+        app, async_mode="threading", cors_allowed_origins=origins.socketio_origins()
+    )
     engine = TaskEngine(
         data_dir=data_dir,
         ffmpeg=ffmpeg,
@@ -43,6 +46,9 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         max_audio_seconds=app.config["MAX_AUDIO_SECONDS"],
         stall_seconds=app.config["DECODE_STALL_SECONDS"],
         client_backlog=app.config["CLIENT_BACKLOG"],
+        result_ttl_seconds=app.config["RESULT_TTL_HOURS"] * 3600,
+        max_data_bytes=int(app.config["MAX_DATA_MB"] * 1024 * 1024),
+        sweep_seconds=app.config["SWEEP_SECONDS"],
         broadcaster=SocketBroadcaster(socketio),
     )
     app.extensions["audio_engine"] = engine

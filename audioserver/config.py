@@ -44,6 +44,13 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(name="PORT", default=5001, type=int, plain_env=True, help="TCP port"),
     Setting(
+        name="CORS_ORIGINS",
+        default="",
+        type=str,
+        help="other origins allowed to call the API and connect to Socket.IO, comma-separated "
+        "(https://a.example,https://b.example), or * for any; empty: the server's own origin only",
+    ),
+    Setting(
         name="DATA_DIR",
         default="data",
         type=str,
@@ -90,6 +97,24 @@ SETTINGS: tuple[Setting, ...] = (
         default=0,
         type=int,
         help="chunks of one task in flight at once (0: twice the workers)",
+    ),
+    Setting(
+        name="RESULT_TTL_HOURS",
+        default=24.0,
+        type=float,
+        help="finished tasks and their results are deleted this long after they end",
+    ),
+    Setting(
+        name="MAX_DATA_MB",
+        default=0.0,
+        type=float,
+        help="size cap of the data folder: oldest finished results go first (0: no cap)",
+    ),
+    Setting(
+        name="SWEEP_SECONDS",
+        default=60.0,
+        type=float,
+        help="how often expired results are looked for",
     ),
     Setting(
         name="CLIENT_BACKLOG",

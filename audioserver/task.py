@@ -121,6 +121,11 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
+def parse_iso(text: str | None) -> datetime | None:
+    """Return the moment an ISO 8601 text names (None for None)."""
+    return datetime.fromisoformat(text) if text else None
+
+
 def iso(moment: datetime | None) -> str | None:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z") if moment else None
 
@@ -138,6 +143,7 @@ class Task:
         options: TaskOptions,
         stages: list[Stage],
         window: int,
+        existing: bool = False,
     ) -> None:
         self.id = task_id
         self.filename = filename
@@ -175,7 +181,54 @@ class Task:
         self.result_path: Path | None = None  # the result file, once it is complete
         self.result_error: str | None = None
         last = stages[-1]
-        self.store = ChunkStore(folder, sample_rate=last.output_rate, channels=last.output_channels)
+        self.store = ChunkStore(
+            folder, sample_rate=last.output_rate, channels=last.output_channels, existing=existing
+        )
+
+    def snapshot(self, *, workers: int) -> dict[str, Any]:
+        """Return what a finished task needs to be served again after a restart."""
+        return {
+            "task": self.to_json(workers=workers),
+            "terminal": list(self.terminal) if self.terminal else None,
+            "result": self.result_path.name if self.result_path else None,
+            "result_error": self.result_error,
+        }
+
+    @classmethod
+    def restore(cls, folder: Path, snapshot: dict[str, Any], *, window: int) -> Task:
+        """Return a finished task read back from its folder (raise on anything missing)."""
+        described = snapshot["task"]
+        source = described["input"]
+        info = AudioInfo(source["sample_rate"], source["channels"], source["duration"],
+                         source["codec"])  # fmt: skip
+        options = TaskOptions(
+            pipeline=Pipeline.parse(described["pipeline"]),
+            chunk_seconds=described["chunk_seconds"],
+            format=described["format"],
+            stream_audio=described["stream_audio"],
+        )
+        stages = options.pipeline.plan(
+            info.sample_rate, info.channels, output_pre_roll=OutputMeter.pre_roll
+        )
+        task = cls(
+            task_id=described["task_id"], filename=described["filename"], folder=folder,
+            info=info, options=options, stages=stages, window=window, existing=True,
+        )  # fmt: skip
+        task.status = Status(described["status"])
+        task.created_at, task.started_at, task.finished_at = (
+            parse_iso(described[key]) for key in ("created_at", "started_at", "finished_at")
+        )
+        task.error, task.summary = described["error"], described["summary"]
+        task.duration = described["duration"]
+        task.next_index = task.chunks_final = len(task.store)
+        task.work_done = len(task.store) * len(stages)
+        task.terminal = tuple(snapshot["terminal"]) if snapshot["terminal"] else None
+        task.result_path = folder / snapshot["result"] if snapshot["result"] else None
+        task.result_error = snapshot["result_error"]
+        task.stopping.set()
+        task.runner_done = True
+        task.retired.set()
+        return task
 
     @property
     def room(self) -> str:

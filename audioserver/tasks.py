@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import shutil
 import threading
 import time
@@ -26,6 +27,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -47,7 +49,7 @@ from .errors import (
     TaskConflict,
     TaskNotFound,
 )
-from .storage import remove_folder
+from .storage import folder_bytes, load_snapshot, remove_folder, save_snapshot
 from .task import INTERNAL_META, TERMINAL, ChunkOutput, Status, Task, TaskOptions, now
 
 __all__ = ["Broadcaster", "Status", "Task", "TaskEngine", "TaskOptions"]
@@ -55,6 +57,7 @@ __all__ = ["Broadcaster", "Status", "Task", "TaskEngine", "TaskOptions"]
 logger = logging.getLogger(__name__)
 
 UPLOAD_NAME = "upload"
+TASK_FOLDER = re.compile(r"[0-9a-f]{32}")  # uuid4 hex: the only folders the engine owns
 RESULT_WAIT_SECONDS = 60.0
 
 
@@ -114,6 +117,9 @@ class TaskEngine:
         max_audio_seconds: float = 4 * 3600.0,
         stall_seconds: float = 30.0,
         client_backlog: int = 16,
+        result_ttl_seconds: float = 24 * 3600.0,
+        max_data_bytes: int = 0,
+        sweep_seconds: float = 60.0,
         broadcaster: Broadcaster | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
@@ -136,6 +142,83 @@ class TaskEngine:
         self._queue: deque[Task] = deque()
         self._active: set[str] = set()
         self._closed = False
+        self.result_ttl_seconds = result_ttl_seconds
+        self.max_data_bytes = max_data_bytes
+        self._restore()
+        self._stop_sweeping = threading.Event()
+        self.swept = threading.Event()  # set after each periodic sweep
+        if sweep_seconds > 0:
+            threading.Thread(
+                target=self._sweep_every, args=(sweep_seconds,), name="sweeper", daemon=True
+            ).start()
+
+    # -- surviving restarts, and cleaning up ------------------------------------------
+
+    def _restore(self) -> None:
+        """Take back the finished tasks of an earlier run; delete what a crash left half-written."""
+        for part in (self.data_dir / "uploads").glob("*.part"):
+            part.unlink(missing_ok=True)
+        restored, removed = 0, 0
+        for folder in sorted(self.data_dir.iterdir()):
+            if not (folder.is_dir() and TASK_FOLDER.fullmatch(folder.name)):
+                continue  # not ours: leave it alone
+            snapshot = load_snapshot(folder)
+            try:
+                task = (
+                    Task.restore(folder, snapshot, window=self.chunk_window) if snapshot else None
+                )
+            except Exception:  # a folder we cannot read back is as good as half-written
+                logger.warning("cannot restore task folder %s", folder.name, exc_info=True)
+                task = None
+            if task is None:
+                remove_folder(folder)
+                removed += 1
+                continue
+            for leftover in (UPLOAD_NAME, "spool-*.f32", "*.part"):
+                for path in folder.glob(leftover):
+                    path.unlink(missing_ok=True)
+            self._tasks[task.id] = task
+            restored += 1
+        if restored or removed:
+            logger.info("restored %d finished tasks; removed %d unfinished", restored, removed)
+
+    def sweep(self, *, moment: datetime | None = None) -> list[str]:
+        """Delete results past their time to live, then the oldest while over the size cap."""
+        moment = moment or now()
+        with self._lock:
+            finished = sorted(
+                (task for task in self._tasks.values() if task.status in TERMINAL),
+                key=lambda task: task.finished_at or task.created_at,
+            )
+        expired = [
+            task
+            for task in finished
+            if (moment - (task.finished_at or task.created_at)).total_seconds()
+            > self.result_ttl_seconds
+        ]
+        if self.max_data_bytes:
+            excess = folder_bytes(self.data_dir) - self.max_data_bytes
+            excess -= sum(folder_bytes(task.folder) for task in expired)
+            for task in finished:  # oldest first
+                if excess <= 0:
+                    break
+                if task not in expired:
+                    excess -= folder_bytes(task.folder)
+                    expired.append(task)
+        for task in expired:
+            with contextlib.suppress(TaskNotFound):
+                self.delete(task.id)
+        if expired:
+            logger.info("swept %d finished tasks", len(expired))
+        return [task.id for task in expired]
+
+    def _sweep_every(self, seconds: float) -> None:
+        while not self._stop_sweeping.wait(seconds):
+            try:
+                self.sweep()
+            except Exception:  # the sweeper must outlive a bad day
+                logger.exception("sweep failed")
+            self.swept.set()
 
     # -- looking up -------------------------------------------------------------
 
@@ -594,6 +677,8 @@ class TaskEngine:
         with task.lock:
             task.runner_done = True
             deleted = task.deleted
+            if not deleted and task.status in TERMINAL:
+                save_snapshot(task.folder, task.snapshot(workers=self.workers))
         if deleted:
             remove_folder(task.folder)
         task.retired.set()
@@ -671,6 +756,7 @@ class TaskEngine:
 
     def shutdown(self) -> None:
         """Stop every task (reason shutdown) and the pool."""
+        self._stop_sweeping.set()
         with self._lock:
             self._closed = True
             running = [task.id for task in self._tasks.values() if task.status not in TERMINAL]

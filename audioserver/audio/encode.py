@@ -24,10 +24,16 @@ def wav_header(*, sample_rate: int, channels: int, data_bytes: int) -> bytes:
 class WavWriter:
     """A 16-bit PCM WAV file that grows chunk by chunk; readable while written."""
 
-    def __init__(self, path: Path, *, sample_rate: int, channels: int) -> None:
+    def __init__(
+        self, path: Path, *, sample_rate: int, channels: int, existing: bool = False
+    ) -> None:
         self.path = Path(path)
         self.sample_rate = sample_rate
         self.channels = channels
+        if existing:  # a finished file, opened again (after a restart) to be read
+            self._fd = os.open(self.path, os.O_RDWR)
+            self.data_bytes = os.fstat(self._fd).st_size - HEADER_BYTES
+            return
         self.data_bytes = 0
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         os.write(self._fd, self._header())
