@@ -12,6 +12,7 @@ from flask_socketio import SocketIO
 from . import config, errors, routes, security
 from .audio.ffmpeg import configure_pydub, find_ffmpeg
 from .events import SocketBroadcaster, register_handlers
+from .metrics import Metrics
 from .tasks import TaskEngine
 
 
@@ -32,6 +33,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     ffmpeg = find_ffmpeg(app.config["FFMPEG"])
     configure_pydub(ffmpeg)
 
+    metrics = Metrics()
+    app.extensions["metrics"] = metrics
     origins = security.init_app(app)
     socketio = SocketIO(
         app, async_mode="threading", cors_allowed_origins=origins.socketio_origins()
@@ -50,7 +53,9 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         max_data_bytes=int(app.config["MAX_DATA_MB"] * 1024 * 1024),
         sweep_seconds=app.config["SWEEP_SECONDS"],
         broadcaster=SocketBroadcaster(socketio),
+        observer=metrics,
     )
+    metrics.watch_engine(engine.health)
     app.extensions["audio_engine"] = engine
 
     errors.init_app(app)

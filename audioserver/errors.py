@@ -108,9 +108,12 @@ _HTTP_MESSAGES = {
 
 
 def error_response(status: int, code: str, message: str, /, **extra: Any):
-    """Return a Flask JSON response for an error."""
-    from flask import jsonify
+    """Return a Flask JSON response for an error (and count it in the metrics)."""
+    from flask import current_app, jsonify
 
+    metrics = current_app.extensions.get("metrics")
+    if metrics is not None:
+        metrics.error_answered(status, code)
     response = jsonify({"error": code, "message": message, **extra})
     response.status_code = status
     return response

@@ -9,13 +9,25 @@ from pathlib import Path, PurePath
 from typing import Any
 from urllib.parse import quote
 
-from flask import Blueprint, Request, current_app, g, jsonify, render_template, request, send_file
+from flask import (
+    Blueprint,
+    Request,
+    Response,
+    current_app,
+    g,
+    jsonify,
+    render_template,
+    request,
+    send_file,
+)
 from werkzeug.datastructures import MultiDict
 
+from . import openapi
 from .audio.encoders import FORMATS
 from .audio.pipeline import MAX_STEPS, Pipeline
 from .audio.steps import catalogue
 from .errors import BadRequest, ParameterError
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .tasks import TaskEngine, TaskOptions
 
 bp = Blueprint("api", __name__)
@@ -141,6 +153,14 @@ def upload():
     options = upload_options(request.form)
     subscriber = _sid(request.form)
     file = request.files.get("file")
+    if file is None and not request.files and not request.form and request.content_length:
+        # Werkzeug drops a whole multipart body it cannot parse (a part header that is not
+        # UTF-8, such as a filename in another encoding) without a word.
+        raise BadRequest(
+            "The body could not be read as multipart/form-data: a part is malformed (for "
+            "example a filename that is not UTF-8). Rename the file, or send its name in UTF-8.",
+            code="bad_multipart",
+        )
     if file is None:
         raise BadRequest(
             "No file: send the audio as the multipart form field 'file' "
@@ -242,6 +262,19 @@ def pipeline_steps():
     )
 
 
+@bp.get("/metrics")
+def metrics():
+    """Prometheus metrics: tasks by outcome, queue depth, chunk timings, audio emitted."""
+    registry = current_app.extensions["metrics"]
+    return Response(registry.render(), mimetype=METRICS_CONTENT_TYPE)
+
+
 @bp.get("/healthz")
 def healthz() -> dict[str, Any]:
     return _engine().health()
+
+
+@bp.get("/openapi.json")
+def openapi_document():
+    """The OpenAPI 3.1 document of every HTTP endpoint."""
+    return jsonify(openapi.document(chunk_seconds=CHUNK_SECONDS))

@@ -118,7 +118,9 @@ class JobCounter:
 
 
 def now() -> datetime:
-    return datetime.now(UTC)
+    """Return the current UTC time to the millisecond (as the task JSON shows it)."""
+    moment = datetime.now(UTC)
+    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
 
 
 def parse_iso(text: str | None) -> datetime | None:
@@ -157,6 +159,7 @@ class Task:
         self.finished_at: datetime | None = None
         self.error: dict[str, str] | None = None
         self.summary: dict[str, Any] | None = None
+        self.warnings: list[dict[str, str]] = []
         self.terminal: tuple[str, dict[str, Any]] | None = None
         self.duration = info.duration
         self.log = logging.LoggerAdapter(logger, {"task_id": task_id})
@@ -219,6 +222,7 @@ class Task:
             parse_iso(described[key]) for key in ("created_at", "started_at", "finished_at")
         )
         task.error, task.summary = described["error"], described["summary"]
+        task.warnings = described.get("warnings", [])
         task.duration = described["duration"]
         task.next_index = task.chunks_final = len(task.store)
         task.work_done = len(task.store) * len(stages)
@@ -292,6 +296,7 @@ class Task:
             "finished_at": iso(self.finished_at),
             "elapsed": round(self.elapsed, 3),
             "error": self.error,
+            "warnings": self.warnings,
             "summary": self.summary,
             "links": {
                 "status": f"/tasks/{self.id}",

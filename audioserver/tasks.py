@@ -57,6 +57,7 @@ __all__ = ["Broadcaster", "Status", "Task", "TaskEngine", "TaskOptions"]
 logger = logging.getLogger(__name__)
 
 UPLOAD_NAME = "upload"
+TRUNCATED_FRACTION = 0.9  # decoded audio shorter than this part of the announced length
 TASK_FOLDER = re.compile(r"[0-9a-f]{32}")  # uuid4 hex: the only folders the engine owns
 RESULT_WAIT_SECONDS = 60.0
 
@@ -72,6 +73,27 @@ class Broadcaster(Protocol):
     def leave(self, sid: str, room: str) -> None: ...
     def is_connected(self, sid: str) -> bool: ...
     def resolve(self, sid: str) -> str | None: ...
+
+
+class Observer(Protocol):
+    """Where the engine reports what it did, for metrics."""
+
+    def task_ended(self, outcome: str) -> None: ...
+    def chunk_processed(self, seconds: float) -> None: ...
+    def chunk_emitted(self, *, audio_seconds: float, audio_bytes: int) -> None: ...
+
+
+class NullObserver:
+    """An observer that keeps nothing."""
+
+    def task_ended(self, outcome: str) -> None:
+        pass
+
+    def chunk_processed(self, seconds: float) -> None:
+        pass
+
+    def chunk_emitted(self, *, audio_seconds: float, audio_bytes: int) -> None:
+        pass
 
 
 class NullBroadcaster:
@@ -121,6 +143,7 @@ class TaskEngine:
         max_data_bytes: int = 0,
         sweep_seconds: float = 60.0,
         broadcaster: Broadcaster | None = None,
+        observer: Observer | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -133,6 +156,7 @@ class TaskEngine:
         self.stall_seconds = stall_seconds
         self.client_backlog = client_backlog
         self.broadcaster: Broadcaster = broadcaster or NullBroadcaster()
+        self.observer: Observer = observer or NullObserver()
         # The pool runs chunks in parallel; BLAS threading inside each chunk's matrix
         # products would only fight it for the same cores (OpenBLAS spins while it waits).
         threadpool_limits(limits=1, user_api="blas")
@@ -332,24 +356,33 @@ class TaskEngine:
         return task
 
     def _enqueue(self, task: Task) -> None:
+        idle: Decoder | None = None
         with self._lock:
             try:
                 self._check_capacity_locked()
             except AtCapacity:
-                self._discard_unstarted(task)
-                raise
-            self._tasks[task.id] = task
-            self._queue.append(task)
-            task.log.info(
-                "accepted %r: %s, %d Hz, %d ch, %.1f s, pipeline %r, chunks of %g s",
-                task.filename, task.info.codec, task.info.sample_rate, task.info.channels,
-                task.info.duration or -1, str(task.options.pipeline), task.options.chunk_seconds,
-            )  # fmt: skip
-            self._admit_locked()
-            if task.status == Status.QUEUED and task.decoder is not None:
-                # Waiting tasks hold no ffmpeg process; it starts again with the task.
-                task.decoder.close()
-                task.decoder = None
+                refused = True
+            else:
+                refused = False
+                self._tasks[task.id] = task
+                self._queue.append(task)
+                self._admit_locked()
+                if task.status == Status.QUEUED:
+                    # Waiting tasks hold no ffmpeg process; it starts again with the task.
+                    idle, task.decoder = task.decoder, None
+        # Slow work (ending processes, deleting files) outside the lock /healthz also takes.
+        if refused:
+            self._discard_unstarted(task)
+            raise AtCapacity(
+                "The server is at capacity. Try again in a few seconds.", retry_after=5
+            )
+        if idle is not None:
+            idle.close()
+        task.log.info(
+            "accepted %r: %s, %d Hz, %d ch, %.1f s, pipeline %r, chunks of %g s",
+            task.filename, task.info.codec, task.info.sample_rate, task.info.channels,
+            task.info.duration or -1, str(task.options.pipeline), task.options.chunk_seconds,
+        )  # fmt: skip
 
     def _discard_unstarted(self, task: Task) -> None:
         if task.decoder is not None:
@@ -476,8 +509,20 @@ class TaskEngine:
         with task.lock:
             if stage is task.stages[0]:
                 task.duration = task.decoder.frames_read / task.info.sample_rate
+                self._check_length(task)
             if last:
                 task.chunks_final = count
+
+    def _check_length(self, task: Task) -> None:
+        """Warn when the audio ended well before its header said (a truncated file)."""
+        announced = task.info.duration
+        if announced and task.duration < TRUNCATED_FRACTION * announced:
+            message = (
+                f"The file ends after {task.duration:.1f} s, though its header announces "
+                f"{announced:.1f} s: it is probably truncated. The result has what decoded."
+            )
+            task.warnings.append({"warning": "truncated", "message": message})
+            task.log.warning("%s", message)
 
     def _process(
         self,
@@ -498,11 +543,13 @@ class TaskEngine:
             if spool is not None:
                 measurements[chunk.index] = stage.boundary.measure(block)
                 spool.write(block.body_start, block.body)
+                self.observer.chunk_processed(time.perf_counter() - started)
                 with task.lock:
                     task.work_done += 1
                 task.window.release()
             else:
                 output = self._finish_chunk(task, chunk.index, block, started)
+                self.observer.chunk_processed(time.perf_counter() - started)
                 self._deliver(task, chunk.index, output)
         except Exception as error:
             task.log.exception("chunk %d failed", chunk.index)
@@ -558,9 +605,15 @@ class TaskEngine:
                 )
                 for sid in lagging:
                     self._pace(task, sid, from_index=task.next_index)
+                self._count_emitted(task, ready.meta, ready.pcm)
                 task.next_index += 1
                 task.work_done += 1
                 task.window.release()
+
+    def _count_emitted(self, task: Task, meta: dict[str, Any], pcm: bytes) -> None:
+        self.observer.chunk_emitted(
+            audio_seconds=meta["duration"], audio_bytes=len(pcm) if task.options.stream_audio else 0
+        )
 
     def _chunk_payload(self, task: Task, meta: dict[str, Any], pcm: bytes) -> dict[str, Any]:
         """Return the audio_chunk event's data for a chunk (chunks_total: the best estimate now)."""
@@ -592,6 +645,7 @@ class TaskEngine:
                 task.result_path = task.store.path
             data = describe()
             task.terminal = (event, data)
+            self.observer.task_ended(str(status))
             self.broadcaster.emit(event, data, to=task.room)
         task.window.cancel()
         if task.decoder is not None:
@@ -611,6 +665,7 @@ class TaskEngine:
                 "elapsed": round(elapsed, 3),
                 "realtime_factor": round(task.duration / elapsed, 2) if elapsed > 0 else None,
                 "summary": task.summary,
+                "warnings": task.warnings,
                 "result_url": f"/tasks/{task.id}/result",
             }
 
@@ -845,4 +900,5 @@ class TaskEngine:
                 meta, pcm = task.store.read(cursor)
                 payload = self._chunk_payload(task, meta, pcm)
                 self.broadcaster.send(self.broadcaster.prepare("audio_chunk", payload), to=sid)
+                self._count_emitted(task, meta, pcm)
             cursor += 1

@@ -14,6 +14,7 @@ import collections
 import contextlib
 import fcntl
 import logging
+import os
 import re
 import select
 import struct
@@ -42,6 +43,7 @@ _AUDIO_STREAM = re.compile(r"Stream #\d+:\d+.*?: Audio: (\w+)")
 _LOG_PREFIX = re.compile(r"^\[[^\]]*@ 0x[0-9a-f]+\]\s*")
 _ERROR_WORDS = ("error", "invalid", "failed", "not on whitelist", "unsupported", "could not")
 _PIPE_SIZE = 1 << 20
+BACKGROUND_NICENESS = 10
 
 
 @dataclass(frozen=True)
@@ -141,6 +143,9 @@ class Decoder:
         )
         with contextlib.suppress(OSError):
             fcntl.fcntl(self._proc.stdout.fileno(), fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
+            # Decoding is background work: the server's own threads (answering requests,
+            # emitting chunks) come first when the cores are busy.
+            os.setpriority(os.PRIO_PROCESS, self._proc.pid, BACKGROUND_NICENESS)
         self._stdout = self._proc.stdout.raw
         self._stderr = _StderrLog(self._proc.stderr)
         try:

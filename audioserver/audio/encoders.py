@@ -40,6 +40,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .decode import BACKGROUND_NICENESS
 from .encode import HEADER_BYTES
 
 _BLOCK_BYTES = 1 << 20
@@ -235,6 +236,8 @@ class StreamEncoder:
         with contextlib.suppress(OSError):
             # A larger pipe lets ffmpeg's reads and ours overlap more.
             fcntl.fcntl(self._proc.stdin.fileno(), fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
+            # Encoding is background work, like decoding (see decode.py).
+            os.setpriority(os.PRIO_PROCESS, self._proc.pid, BACKGROUND_NICENESS)
         self._worker = threading.Thread(target=self._feed, name=f"encode-{spec.name}", daemon=True)
         self._worker.start()
 

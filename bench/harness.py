@@ -1,0 +1,194 @@
+"""The pieces the benchmark is made of: audio files, a server process, a listening client.
+
+Everything is real: the server is ``python app.py`` in its own process, the
+client a Socket.IO client over WebSocket receiving every chunk's audio, the
+audio MP3 files made by the project's own ffmpeg.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from audioserver.audio.ffmpeg import find_ffmpeg
+from audioserver.client import InOrderClient
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = ROOT / "bench" / "cache"
+
+
+def make_mp3(seconds: float) -> Path:
+    """Return a stereo 44.1 kHz MP3 of noise and tones (made once, then cached)."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    path = CACHE / f"bench-{seconds:g}s.mp3"
+    if path.exists():
+        return path
+    part = path.with_suffix(".part.mp3")
+    sources = (
+        f"sine=frequency=220:duration={seconds}:sample_rate=44100,"
+        f"volume=0.3[a];anoisesrc=duration={seconds}:sample_rate=44100:amplitude=0.1[b];"
+        f"sine=frequency=3300:duration={seconds}:sample_rate=44100,volume=0.1[c];"
+        "[a][b][c]amix=inputs=3:normalize=0,aformat=channel_layouts=stereo"
+    )
+    subprocess.run(
+        [find_ffmpeg(), "-v", "error", "-y", "-filter_complex", sources, "-c:a", "libmp3lame",
+         "-b:a", "192k", str(part)],
+        check=True,
+    )  # fmt: skip
+    part.rename(path)
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Server:
+    """``python app.py`` in its own process, on a free port, with its own data directory."""
+
+    def __init__(self, *, workers: int, **settings: Any) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.data = Path(tempfile.mkdtemp(prefix="bench-data-"))
+        arguments = ["--port", str(self.port), "--workers", str(workers), "--data-dir",
+                     str(self.data), "--log-level", "WARNING"]  # fmt: skip
+        for name, value in settings.items():
+            arguments += [f"--{name.replace('_', '-')}", str(value)]
+        self.process = subprocess.Popen(
+            [sys.executable, str(ROOT / "app.py"), *arguments],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                requests.get(f"{self.url}/healthz", timeout=1)
+                return
+            except requests.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError("the server did not start")
+
+    def peak_rss_mb(self) -> float:
+        """Peak resident memory of the server process so far (Linux: VmHWM)."""
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        raise RuntimeError("no VmHWM")
+
+    def close(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        shutil.rmtree(self.data, ignore_errors=True)
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+
+class Client:
+    """A Socket.IO client over WebSocket that receives every chunk and counts bytes on the wire."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.sio = InOrderClient(reconnection=False)
+        self.wire_bytes = 0
+        self.audio_bytes = 0
+        self.first_chunk: dict[str, float] = {}
+        self.ends: dict[str, tuple[str, dict[str, Any], float]] = {}
+        self._condition = threading.Condition()
+        self.sio.on("audio_chunk", self._on_chunk)
+        for name in ("processing_complete", "processing_stopped", "processing_error"):
+            self.sio.on(name, self._ender(name))
+        self.sio.connect(url, transports=["websocket"], wait_timeout=30)
+        self._count_wire_bytes()
+
+    def _count_wire_bytes(self) -> None:
+        websocket = self.sio.eio.ws
+        receive = websocket.recv
+
+        def counting_recv():
+            data = receive()
+            self.wire_bytes += len(data) if isinstance(data, bytes) else len(data.encode())
+            return data
+
+        websocket.recv = counting_recv
+
+    def _on_chunk(self, chunk: dict[str, Any]) -> None:
+        self.audio_bytes += len(chunk.get("audio", b""))
+        with self._condition:
+            self.first_chunk.setdefault(chunk["task_id"], time.perf_counter())
+            self._condition.notify_all()
+
+    def _ender(self, name: str):
+        def end(data: dict[str, Any]) -> None:
+            with self._condition:
+                self.ends[data["task_id"]] = (name, data, time.perf_counter())
+                self._condition.notify_all()
+
+        return end
+
+    def upload(self, path: Path, **fields: Any) -> dict[str, Any]:
+        with open(path, "rb") as file:
+            response = requests.post(
+                f"{self.url}/upload",
+                files={"file": (path.name, file)},
+                data={"sid": self.sio.get_sid(), **fields},
+                timeout=300,
+            )
+        response.raise_for_status()
+        return response.json()
+
+    def wait_first_chunk(self, task_id: str, timeout: float = 600) -> float:
+        with self._condition:
+            assert self._condition.wait_for(lambda: task_id in self.first_chunk, timeout)
+            return self.first_chunk[task_id]
+
+    def wait_end(self, task_id: str, timeout: float = 3600) -> tuple[str, dict[str, Any], float]:
+        with self._condition:
+            assert self._condition.wait_for(lambda: task_id in self.ends, timeout)
+            return self.ends[task_id]
+
+    def close(self) -> None:
+        websocket = getattr(self.sio.eio, "ws", None)
+        if websocket is not None:
+            close = websocket.close
+            websocket.close = lambda *args, **kwargs: close(timeout=0.2)
+        self.sio.disconnect()
+
+
+def run_command(command: list[str], **kwargs: Any) -> float:
+    """Run a command; return its wall time in seconds."""
+    started = time.perf_counter()
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kwargs)
+    return time.perf_counter() - started
+
+
+def ffmpeg_normalize_command(source: Path, output: Path) -> tuple[list[str], dict[str, str]]:
+    """The ffmpeg-normalize job equal to highpass=freq=80,loudness=target=-14 (wav out)."""
+    executable = shutil.which("ffmpeg-normalize", path=str(Path(sys.executable).parent))
+    if executable is None:
+        raise RuntimeError(
+            "ffmpeg-normalize is not installed (pip install -r bench/requirements.txt)"
+        )
+    env = {**os.environ, "FFMPEG_PATH": find_ffmpeg()}
+    command = [executable, str(source), "-nt", "ebu", "-t", "-14", "-prf", "highpass=f=80",
+               "-o", str(output), "-f", "-q"]  # fmt: skip
+    return command, env

@@ -1,0 +1,244 @@
+"""Benchmark the server against ffmpeg-normalize and the decode floor; print a table, write JSON.
+
+    .venv/bin/python bench/run.py            # full: 6- and 40-minute files, medians of 3 runs
+    .venv/bin/python bench/run.py --short    # small files, one run: what CI runs
+
+Every figure is a ratio of two things measured side by side in this run, on
+this machine, so that it means the same on a slower or a faster one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import (
+    ROOT,
+    Client,
+    Server,
+    ffmpeg_normalize_command,
+    make_mp3,
+    run_command,
+)
+
+from audioserver.audio.ffmpeg import find_ffmpeg
+
+PIPELINE = "highpass=freq=80,loudness=target=-14"
+STREAMING_PIPELINE = "highpass=freq=80"  # no global step: chunks flow as decoding goes
+CORES = os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How big this run is."""
+
+    short_seconds: float  # the "6-minute" file
+    long_seconds: float  # the "40-minute" file
+    runs: int
+    stop_repeats: int
+    clients: int
+    client_seconds: float
+
+
+FULL = Sizes(360, 2400, 3, 20, 16, 30)
+SHORT = Sizes(20, 60, 1, 5, 4, 10)
+
+
+def median(measure: Callable[[], float], runs: int) -> float:
+    return statistics.median(measure() for _ in range(runs))
+
+
+def e2e(server: Server, path: Path, pipeline: str = PIPELINE) -> dict[str, float]:
+    """Upload to processing_complete receiving all audio; also first-chunk latency, wire cost."""
+    client = Client(server.url)
+    try:
+        started = time.perf_counter()
+        task = client.upload(path, pipeline=pipeline)
+        answered = time.perf_counter()
+        event, end, finished = client.wait_end(task["task_id"])
+        assert event == "processing_complete", end
+        first = client.first_chunk[task["task_id"]]
+        pcm_bytes = end["duration"] * task["sample_rate"] * task["channels"] * 2
+        return {
+            "seconds": finished - started,
+            "first_chunk": first - answered,
+            "wire_ratio": client.wire_bytes / pcm_bytes,
+            "audio_complete": client.audio_bytes / pcm_bytes,
+        }
+    finally:
+        client.close()
+
+
+def measure_e2e(sizes: Sizes, files: dict[str, Path]) -> dict[str, Any]:
+    long = files["long"]
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as folder:
+        command, env = ffmpeg_normalize_command(long, Path(folder) / "out.wav")
+        results["ffmpeg_normalize_s"] = median(lambda: run_command(command, env=env), sizes.runs)
+    decode = [find_ffmpeg(), "-v", "error", "-i", str(long), "-f", "null", "-"]
+    results["decode_floor_s"] = median(lambda: run_command(decode), sizes.runs)
+    with Server(workers=CORES) as server:
+        runs = [e2e(server, long) for _ in range(sizes.runs)]
+    results["e2e_s"] = statistics.median(run["seconds"] for run in runs)
+    results["wire_ratio"] = statistics.median(run["wire_ratio"] for run in runs)
+    results["audio_complete"] = min(run["audio_complete"] for run in runs)
+    with Server(workers=1) as server:
+        results["e2e_1_worker_s"] = median(lambda: e2e(server, long)["seconds"], sizes.runs)
+    return results
+
+
+def measure_latency(sizes: Sizes, files: dict[str, Path]) -> dict[str, Any]:
+    with Server(workers=CORES) as server:
+        latency = {
+            name: median(
+                lambda path=path: e2e(server, path, STREAMING_PIPELINE)["first_chunk"], sizes.runs
+            )
+            for name, path in files.items()
+        }
+    return {"first_chunk_short_s": latency["short"], "first_chunk_long_s": latency["long"]}
+
+
+def measure_memory(files: dict[str, Path]) -> dict[str, Any]:
+    peaks = {}
+    for name, path in files.items():
+        with Server(workers=CORES) as server:  # a fresh process: its peak is this file's
+            e2e(server, path)
+            peaks[name] = server.peak_rss_mb()
+    return {"rss_short_mb": peaks["short"], "rss_long_mb": peaks["long"]}
+
+
+def measure_stop(sizes: Sizes, files: dict[str, Path]) -> dict[str, Any]:
+    """Stop request to processing_stopped, while 4 other tasks keep the pool busy."""
+    latencies = []
+    with Server(workers=CORES, max_active_tasks=8) as server:
+        busy, target = Client(server.url), Client(server.url)
+        heavy = "highpass=freq=10:order=8,lowpass=freq=12000:order=8,compressor"
+        busy_tasks = [busy.upload(files["long"], pipeline=heavy, chunk_seconds="0.5")["task_id"]
+                      for _ in range(4)]  # fmt: skip
+        for _ in range(sizes.stop_repeats):
+            task = target.upload(files["short"], pipeline=heavy, chunk_seconds="0.5")["task_id"]
+            target.wait_first_chunk(task)
+            asked = time.perf_counter()
+            requests.post(f"{server.url}/stop-processing", json={"task_id": task}, timeout=30)
+            event, _, arrived = target.wait_end(task)
+            assert event == "processing_stopped"
+            latencies.append(arrived - asked)
+        still_busy = all(
+            requests.get(f"{server.url}/tasks/{task}", timeout=30).json()["status"] == "processing"
+            for task in busy_tasks
+        )
+        for task in busy_tasks:
+            requests.delete(f"{server.url}/tasks/{task}", timeout=30)
+        busy.close()
+        target.close()
+    latencies.sort()
+    p95 = latencies[min(len(latencies) - 1, round(0.95 * (len(latencies) - 1)))]
+    return {"stop_p50_s": statistics.median(latencies), "stop_p95_s": p95,
+            "stop_pool_stayed_busy": still_busy}  # fmt: skip
+
+
+def measure_concurrency(sizes: Sizes) -> dict[str, Any]:
+    path = make_mp3(sizes.client_seconds)
+    with Server(workers=CORES) as server:
+        single = median(lambda: e2e(server, path)["seconds"], sizes.runs)
+        times: list[float] = []
+        errors: list[str] = []
+        start = threading.Barrier(sizes.clients)
+
+        def one_client() -> None:
+            try:
+                start.wait()
+                times.append(e2e(server, path)["seconds"])
+            except Exception as error:  # a starved or failed client is a result, not a crash
+                errors.append(repr(error))
+
+        began = time.perf_counter()
+        threads = [threading.Thread(target=one_client) for _ in range(sizes.clients)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        wall = time.perf_counter() - began
+    audio = sizes.client_seconds
+    return {
+        "single_throughput_x": audio / single,
+        "aggregate_throughput_x": sizes.clients * audio / wall,
+        "clients_completed": len(times),
+        "clients": sizes.clients,
+        "slowest_client_s": max(times, default=float("nan")),
+        "client_errors": errors,
+    }
+
+
+def table(results: dict[str, Any], sizes: Sizes) -> list[dict[str, Any]]:
+    """The figures, each a ratio with its target."""
+    r = results
+    rows = [
+        ("E2E vs ffmpeg-normalize (x faster)", r["ffmpeg_normalize_s"] / r["e2e_s"], ">=", 5.0),
+        ("E2E vs decode floor (x slower)", r["e2e_s"] / r["decode_floor_s"], "<=", 2.5),
+        (f"Scaling: {CORES} workers over 1 (x)", r["e2e_1_worker_s"] / r["e2e_s"], ">=",
+         0.8 * CORES),
+        ("First chunk, short file (ms)", 1000 * r["first_chunk_short_s"], "<=", 150.0),
+        ("First chunk, long over short (x)", r["first_chunk_long_s"] / r["first_chunk_short_s"],
+         "<=", 1.5),
+        ("Peak RSS, long file (MB)", r["rss_long_mb"], "<=", 300.0),
+        ("Peak RSS, long over short (x)", r["rss_long_mb"] / r["rss_short_mb"], "<=", 1.5),
+        ("Wire bytes over PCM16 (x)", r["wire_ratio"], "<=", 1.15),
+        ("Stop latency p95 (ms)", 1000 * r["stop_p95_s"], "<=", 200.0),
+        (f"{sizes.clients} clients: aggregate over single (x)",
+         r["aggregate_throughput_x"] / r["single_throughput_x"], ">=", 0.8),
+    ]  # fmt: skip
+    return [
+        {"figure": name, "value": round(value, 3), "target": f"{op} {target:g}",
+         "met": value >= target if op == ">=" else value <= target}
+        for name, value, op, target in rows
+    ]  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--short", action="store_true", help="small files and one run (CI)")
+    parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "latest.json")
+    args = parser.parse_args(argv)
+    sizes = SHORT if args.short else FULL
+    files = {"short": make_mp3(sizes.short_seconds), "long": make_mp3(sizes.long_seconds)}
+    results: dict[str, Any] = {}
+    for part in (
+        lambda: measure_e2e(sizes, files),
+        lambda: measure_latency(sizes, files),
+        lambda: measure_memory(files),
+        lambda: measure_stop(sizes, files),
+        lambda: measure_concurrency(sizes),
+    ):
+        results.update(part())
+    rows = table(results, sizes)
+    machine = f"{platform.machine()}, {CORES} cores, {platform.python_version()}"
+    report = {"mode": "short" if args.short else "full", "sizes": sizes.__dict__,
+              "machine": machine, "measurements": results, "figures": rows}  # fmt: skip
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=2))
+    print(f"{report['mode']} run on {machine}; files of {sizes.short_seconds:g} and "
+          f"{sizes.long_seconds:g} s")  # fmt: skip
+    print("| figure | value | target | met |\n|---|---|---|---|")
+    for row in rows:
+        print(f"| {row['figure']} | {row['value']:g} | {row['target']} | "
+              f"{'yes' if row['met'] else 'NO'} |")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
