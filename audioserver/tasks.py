@@ -809,16 +809,23 @@ class TaskEngine:
             remove_folder(task.folder)
         task.log.info("deleted")
 
-    def shutdown(self) -> None:
-        """Stop every task (reason shutdown) and the pool."""
+    def shutdown(self, *, timeout: float = 4.0) -> None:
+        """Stop every task (reason shutdown), wait for them to settle, and stop the pool.
+
+        Each stopped task finalises its partial result, writes task.json and deletes its
+        temporary files as its threads end; this waits for that, at most timeout seconds.
+        """
         self._stop_sweeping.set()
         with self._lock:
             self._closed = True
-            running = [task.id for task in self._tasks.values() if task.status not in TERMINAL]
-        for task_id in running:
+            running = [task for task in self._tasks.values() if task.status not in TERMINAL]
+        for task in running:
             with contextlib.suppress(AudioServerError):
-                self.stop(task_id, reason="shutdown")
-        self._pool.shutdown(wait=True, cancel_futures=True)
+                self.stop(task.id, reason="shutdown")
+        deadline = time.monotonic() + timeout
+        for task in running:
+            task.retired.wait(max(0.0, deadline - time.monotonic()))
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     # -- subscribing ------------------------------------------------------------
 

@@ -1,0 +1,105 @@
+"""The deployment the README describes: gunicorn, one process, threads, WebSocket."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from helpers import ROOT, wav_pcm
+
+
+class Gunicorn:
+    """gunicorn -c gunicorn.conf.py audioserver.wsgi:app, on a free port."""
+
+    def __init__(self, data_dir: Path) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {
+            **os.environ, "HOST": "127.0.0.1", "PORT": str(self.port), "GUNICORN_THREADS": "20",
+            "AUDIO_DATA_DIR": str(data_dir), "AUDIO_WORKERS": "2", "AUDIO_LOG_LEVEL": "WARNING",
+        }  # fmt: skip
+        executable = shutil.which("gunicorn", path=str(Path(sys.executable).parent))
+        self.process = subprocess.Popen(
+            [executable, "-c", "gunicorn.conf.py", "audioserver.wsgi:app"],
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                requests.get(f"{self.url}/healthz", timeout=5)
+                return
+            except requests.RequestException:  # not listening yet, or still importing
+                assert self.process.poll() is None, "gunicorn ended"
+                time.sleep(0.05)  # another process is starting: nothing to wait on
+        raise RuntimeError("gunicorn did not start")
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(30)
+
+
+@pytest.fixture
+def gunicorn(tmp_path):
+    servers = []
+
+    def start() -> Gunicorn:
+        servers.append(Gunicorn(tmp_path / "data"))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def test_gunicorn_serves_the_api_and_the_websocket_stream(gunicorn, listen, audio_file):
+    server = gunicorn()
+    listener = listen(server.url)
+    assert listener.client.transport() == "websocket"
+    with open(audio_file(3.0, "mp3"), "rb") as file:
+        task = requests.post(
+            f"{server.url}/upload", files={"file": file},
+            data={"sid": listener.sid, "pipeline": "highpass=freq=80,loudness=target=-16"},
+            timeout=30,
+        ).json()  # fmt: skip
+    event, end = listener.wait_end(task["task_id"])
+    assert event == "processing_complete"
+    audio = b"".join(chunk["audio"] for chunk in listener.chunks(task["task_id"]))
+    result = requests.get(f"{server.url}{end['result_url']}", timeout=30)
+    assert audio == wav_pcm(result.content)
+    assert (
+        "default-src 'self'"
+        in requests.get(server.url, timeout=10).headers["Content-Security-Policy"]
+    )
+
+
+def test_gunicorn_stopping_keeps_the_partial_result(gunicorn, listen, audio_file):
+    server = gunicorn()
+    listener = listen(server.url)
+    with open(audio_file(120.0, "flac", rate=48000), "rb") as file:
+        task_id = requests.post(
+            f"{server.url}/upload", files={"file": file},
+            data={"sid": listener.sid, "chunk_seconds": "0.25",
+                  "pipeline": "highpass=freq=10:order=8,lowpass=freq=12000:order=8"},
+            timeout=30,
+        ).json()["task_id"]  # fmt: skip
+    listener.wait_chunk(task_id, 2)
+    server.process.send_signal(signal.SIGTERM)
+    _, stopped = listener.wait_end(task_id, timeout=15)
+    assert stopped["reason"] == "shutdown"
+    assert server.process.wait(15) == 0
+    again = gunicorn()  # the same data directory
+    status = requests.get(f"{again.url}/tasks/{task_id}", timeout=10).json()
+    assert status["status"] == "stopped" and status["chunks_done"] >= 3
+    result = requests.get(f"{again.url}/tasks/{task_id}/result", timeout=30)
+    assert len(wav_pcm(result.content)) == status["chunks_done"] * 0.25 * 48000 * 2 * 2
