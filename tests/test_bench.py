@@ -1,0 +1,36 @@
+"""The benchmark runs (short mode, small files) so it cannot rot; its targets are judged elsewhere.
+
+The full run (bench/run.py without --short) is what the README's Performance
+table comes from; here only that every figure gets measured is checked.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+from helpers import ROOT
+
+
+@pytest.mark.slow
+def test_the_benchmark_measures_every_figure(tmp_path):
+    report_path = tmp_path / "bench.json"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "run.py"), "--short", "--json", str(report_path)],
+        capture_output=True, text=True, timeout=900, cwd=ROOT,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(report_path.read_text())
+    assert report["mode"] == "short"
+    figures = {row["figure"]: row for row in report["figures"]}
+    assert len(figures) == 10
+    for row in figures.values():
+        assert math.isfinite(row["value"]) and row["value"] > 0, row
+    measured = report["measurements"]
+    assert measured["clients_completed"] == measured["clients"] and not measured["client_errors"]
+    assert measured["audio_complete"] == 1.0  # the client received every byte of audio
+    assert measured["stop_pool_stayed_busy"] is True
+    assert "| figure | value | target | met |" in result.stdout
