@@ -3,6 +3,15 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 scripts/setup.sh requirements-dev.txt
+# The page's tests (tests/browser) drive Debian's chromium: install it when it is missing and we can.
+chromium="${CHROMIUM:-/usr/bin/chromium}"
+if [ ! -x "$chromium" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "Installing chromium for the browser tests (apt-get)..." >&2
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } ||
+        echo "Could not install chromium: tests/browser will skip (and fail under CI=true)." >&2
+elif [ ! -x "$chromium" ]; then
+    echo "No chromium at $chromium: tests/browser will skip (as root: apt-get install chromium)." >&2
+fi
 .venv/bin/python -m ruff check .
 .venv/bin/python -m ruff format --check .
 exec .venv/bin/python -m pytest "$@"
