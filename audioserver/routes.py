@@ -258,6 +258,7 @@ def pipeline_steps():
             "default_pipeline": "normalize",
             "chunk_seconds": dict(zip(("min", "max", "default"), CHUNK_SECONDS, strict=True)),
             "formats": {name: spec.mime_type for name, spec in FORMATS.items()},
+            "max_upload_bytes": current_app.config["MAX_CONTENT_LENGTH"],
         }
     )
 

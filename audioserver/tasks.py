@@ -705,6 +705,9 @@ class TaskEngine:
             )
 
         def describe() -> dict[str, Any]:
+            if task.next_index:  # the summary of what was emitted before the stop
+                task.duration = task.output_frames / task.stages[-1].output_rate
+                task.summary = self._summary(task)
             return {"task_id": task.id, "chunks_emitted": task.next_index, "reason": reason}
 
         if self._end(task, Status.STOPPED, "processing_stopped", describe):

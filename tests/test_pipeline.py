@@ -114,6 +114,14 @@ def test_frequency_above_the_rate_limit_is_refused_when_planned():
         pipeline.plan(44100, 2)
 
 
+def test_a_rate_error_names_the_position_of_the_step():
+    pipeline = Pipeline.parse("lowpass=freq=3000,resample=rate=8000,lowpass=freq=5000")
+    with pytest.raises(ParameterError) as caught:
+        pipeline.plan(44100, 2)
+    assert caught.value.extra == {"step": "lowpass", "parameter": "freq", "position": 3}
+    assert caught.value.message.startswith("Step 3 'lowpass'")
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.text(max_size=80))
 def test_parser_never_fails_other_than_with_a_parameter_error(text):

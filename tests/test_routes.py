@@ -270,6 +270,7 @@ def test_pipeline_steps_catalogue(client):
     }
     assert catalogue["max_steps"] == 32
     assert catalogue["chunk_seconds"] == {"min": 0.25, "max": 60.0, "default": 2.0}
+    assert catalogue["max_upload_bytes"] == 500 * 1024 * 1024
 
 
 @pytest.mark.parametrize(

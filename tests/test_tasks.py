@@ -273,6 +273,9 @@ def test_stopped_result_holds_the_emitted_chunks(make_engine, recorder, source, 
     result, _ = read_wav(task.store.path)
     audio = np.concatenate([pcm16(c["audio"], 2) for c in chunks]) / 32768
     assert np.array_equal(result, audio)
+    summary = engine.describe(task)["summary"]  # of what was emitted before the stop
+    assert summary["duration"] == pytest.approx(0.5 * len(chunks))
+    assert summary["sample_peak_db"] == pytest.approx(20 * np.log10(np.abs(audio).max()), abs=0.01)
 
 
 def test_delete_removes_the_task_and_its_files(make_engine, recorder, source, test_steps):

@@ -196,6 +196,22 @@ class Pipeline:
             )
         return cls([_make_step(position, *entry) for position, entry in enumerate(entries, 1)])
 
+    def _locate(self, error: ParameterError) -> None:
+        """Add the position of the step an error names (the first one not yet placed)."""
+        if "position" in error.extra or "step" not in error.extra:
+            return
+        positions = [
+            position
+            for position, step in enumerate(self.steps, start=1)
+            if step.name == error.extra["step"] and step.sample_rate is None
+        ]
+        if not positions:
+            return
+        position = positions[0]
+        error.extra["position"] = position
+        error.message = error.message.replace("Step '", f"Step {position} '", 1)
+        error.args = (error.message,)
+
     def to_json(self) -> list[dict[str, Any]]:
         """Return the normalised JSON form: every step with every parameter."""
         return [step.to_json() for step in self.steps]
@@ -214,6 +230,8 @@ class Pipeline:
 
         output_pre_roll(rate) is the pre-roll the output's own meter needs.
         """
+        for step in self.steps:
+            step.sample_rate = None  # set again by each step's bind: the first unset one failed
         groups: list[tuple[list[Step], GlobalStep | None]] = []
         current: list[Step] = []
         for step in self.steps:
@@ -225,7 +243,11 @@ class Pipeline:
         groups.append((current, None))
         stages = []
         for steps, boundary in groups:
-            stage = _bind_stage(steps, boundary, sample_rate, channels, output_pre_roll)
+            try:
+                stage = _bind_stage(steps, boundary, sample_rate, channels, output_pre_roll)
+            except ParameterError as error:
+                self._locate(error)
+                raise
             sample_rate, channels = stage.output_rate, stage.output_channels
             stages.append(stage)
         return stages
