@@ -705,8 +705,7 @@ class TaskEngine:
             )
 
         def describe() -> dict[str, Any]:
-            if task.next_index:  # the summary of what was emitted before the stop
-                task.duration = task.output_frames / task.stages[-1].output_rate
+            if task.next_index:  # the summary (its duration too) of what was emitted
                 task.summary = self._summary(task)
             return {"task_id": task.id, "chunks_emitted": task.next_index, "reason": reason}
 

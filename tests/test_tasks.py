@@ -273,7 +273,10 @@ def test_stopped_result_holds_the_emitted_chunks(make_engine, recorder, source, 
     result, _ = read_wav(task.store.path)
     audio = np.concatenate([pcm16(c["audio"], 2) for c in chunks]) / 32768
     assert np.array_equal(result, audio)
-    summary = engine.describe(task)["summary"]  # of what was emitted before the stop
+    described = engine.describe(task)
+    assert described["duration"] == pytest.approx(4.0)  # the input's, whatever was emitted
+    assert described["chunks_total"] == 8
+    summary = described["summary"]  # of what was emitted before the stop
     assert summary["duration"] == pytest.approx(0.5 * len(chunks))
     assert summary["sample_peak_db"] == pytest.approx(20 * np.log10(np.abs(audio).max()), abs=0.01)
 

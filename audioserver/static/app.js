@@ -82,6 +82,7 @@ const meters = new LevelMeters($("meters"), {
 const run = {
   phase: "loading",
   file: null,
+  maxUploadBytes: null, // from GET /pipeline/steps: larger files are refused before uploading
   task: null, // the upload's answer (task JSON)
   xhr: null,
   uploadSid: null,
@@ -169,6 +170,7 @@ async function init() {
     return;
   }
   editor.setCatalogue(catalogue);
+  run.maxUploadBytes = catalogue.max_upload_bytes ?? null;
   const start = catalogue.default_pipeline ?? "";
   editor.load(
     start
@@ -418,6 +420,16 @@ async function start() {
     fieldError("file", "Choose an audio file first: use the button or drop a file on the zone.");
     ui.fileInput.focus();
     say("No file chosen yet.");
+    return;
+  }
+  if (run.maxUploadBytes && run.file.size > run.maxUploadBytes) {
+    // The server would answer 413 only after the whole file went up: say it now.
+    const message =
+      `This file is ${fmt.bytes(run.file.size)}; the server takes at most ` +
+      `${fmt.bytes(run.maxUploadBytes)}. Choose a smaller or more compressed file.`;
+    fieldError("file", message);
+    ui.fileInput.focus();
+    say(message);
     return;
   }
   const invalid = editor.validate();

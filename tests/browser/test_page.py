@@ -322,15 +322,17 @@ def test_the_page_fits_a_phone(page, live_server, audio_file, screenshots):
     shoot(page, screenshots, "8-phone-complete")
 
 
-def test_a_file_over_the_size_limit_shows_the_servers_413_message(page, make_server, audio_file):
+def test_a_file_over_the_size_limit_is_refused_before_it_is_uploaded(page, make_server, audio_file):
     server = make_server(MAX_UPLOAD_MB=0.1)
     open_page(page, server)
     choose(page, audio_file(3.0))
     process(page)
 
-    expect(page.locator("#file-error")).to_contain_text("larger than the server's limit")
+    expect(page.locator("#file-error")).to_contain_text("the server takes at most")
     assert status(page)["phase"] == "ready"
     expect(page.get_by_role("button", name="Process")).to_be_enabled()
+    # The page knew the limit (GET /pipeline/steps): nothing was sent.
+    assert "413" not in requests.get(f"{server.url}/metrics", timeout=10).text
 
 
 def test_a_busy_server_answers_503_and_process_waits_for_retry_after(
