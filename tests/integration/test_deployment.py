@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -32,6 +33,7 @@ class Gunicorn:
         self.process = subprocess.Popen(
             [executable, "-c", "gunicorn.conf.py", "audioserver.wsgi:app"],
             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True,  # its own process group: close() ends the worker too
         )  # fmt: skip
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -46,7 +48,10 @@ class Gunicorn:
     def close(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()
-            self.process.wait(30)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(30)
+        with contextlib.suppress(ProcessLookupError):  # a worker the master left behind
+            os.killpg(self.process.pid, signal.SIGKILL)
 
 
 @pytest.fixture
