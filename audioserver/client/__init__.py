@@ -6,6 +6,10 @@ own, so two messages can be handled at the same time: a script may see
 with the wrong event. ``InOrderClient`` handles messages one by one in the
 read loop instead. Its event handlers must be short and must not wait for an
 ack (``call``) themselves.
+
+The ``audio-client`` command (``python -m audioserver.client``) is built on
+it: ``cli`` (the commands), ``job`` (one file), ``connection`` (reconnects and
+resubscribes), ``api`` (the HTTP endpoints), ``progress`` (the bars).
 """
 
 from __future__ import annotations
