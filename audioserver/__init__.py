@@ -4,20 +4,25 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from flask import Flask
-from flask_socketio import SocketIO
-
-from . import config, errors, routes, security
-from .audio.ffmpeg import configure_pydub, find_ffmpeg
-from .events import SocketBroadcaster, register_handlers
-from .metrics import Metrics
-from .tasks import TaskEngine
+if TYPE_CHECKING:
+    from flask import Flask
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """Build the app: settings, Socket.IO, the task engine, error handlers and endpoints."""
+    # Imported here: the client (audioserver.client) shares this package and starts
+    # without loading the server's numpy, scipy and numba.
+    from flask import Flask
+    from flask_socketio import SocketIO
+
+    from . import config, errors, routes, security
+    from .audio.ffmpeg import configure_pydub, find_ffmpeg
+    from .events import SocketBroadcaster, register_handlers
+    from .metrics import Metrics
+    from .tasks import TaskEngine
+
     app = Flask(__name__)
     app.config.from_mapping(config.defaults())
     app.config.update(config.from_environment())
@@ -39,6 +44,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     socketio = SocketIO(
         app, async_mode="threading", cors_allowed_origins=origins.socketio_origins()
     )
+    broadcaster = SocketBroadcaster(socketio)
+    app.extensions["audio_broadcaster"] = broadcaster
     engine = TaskEngine(
         data_dir=data_dir,
         ffmpeg=ffmpeg,
@@ -52,7 +59,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         result_ttl_seconds=app.config["RESULT_TTL_HOURS"] * 3600,
         max_data_bytes=int(app.config["MAX_DATA_MB"] * 1024 * 1024),
         sweep_seconds=app.config["SWEEP_SECONDS"],
-        broadcaster=SocketBroadcaster(socketio),
+        broadcaster=broadcaster,
         observer=metrics,
     )
     metrics.watch_engine(engine.health)

@@ -158,10 +158,12 @@ def from_environment(environ: Mapping[str, str] = os.environ) -> dict[str, Any]:
     return found
 
 
-def parse_command_line(argv: Sequence[str] | None = None) -> dict[str, Any]:
+def parse_command_line(
+    argv: Sequence[str] | None = None, *, prog: str = "python app.py"
+) -> dict[str, Any]:
     """Return the settings given as command-line flags (``--help`` lists them)."""
     parser = argparse.ArgumentParser(
-        prog="python app.py",
+        prog=prog,
         description="Audio processing server: upload, chunked parallel processing, "
         "Socket.IO streaming of every processed chunk.",
         epilog="Every flag can also be set in the environment as AUDIO_<NAME> "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 from engineio import packet as eio_packet
@@ -70,6 +71,15 @@ class SocketBroadcaster:
                 for piece in prepared:
                     self._server.eio.send_packet(eio_sid, piece)
         return lagging
+
+    def drain(self, *, timeout: float) -> None:
+        """Wait until every client's queued packets are written (at most timeout seconds)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            sockets = list(self._server.eio.sockets.values())
+            if all(socket.closed or socket.queue.empty() for socket in sockets):
+                return
+            time.sleep(0.01)  # the writer threads give no signal when their queues empty
 
     def backlog(self, sid: str) -> int | None:
         """Packets waiting to be written to a client; None if it is not connected."""

@@ -161,6 +161,9 @@ class TaskEngine:
         # products would only fight it for the same cores (OpenBLAS spins while it waits).
         threadpool_limits(limits=1, user_api="blas")
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="worker")
+        # Starting a decoder and planning take the GIL for a few ms each; twenty uploads
+        # at once would hold it long enough to delay every other request.
+        self._probing = threading.BoundedSemaphore(max(2, workers))
         self._lock = threading.Lock()
         self._tasks: dict[str, Task] = {}
         self._queue: deque[Task] = deque()
@@ -319,7 +322,8 @@ class TaskEngine:
         try:
             source = folder / UPLOAD_NAME
             shutil.move(upload, source)
-            task = self._prepare(task_id, folder, filename, options)
+            with self._probing:  # a burst of uploads is probed a few at a time
+                task = self._prepare(task_id, folder, filename, options)
         except BaseException:
             remove_folder(folder)
             raise
