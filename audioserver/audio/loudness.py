@@ -46,7 +46,7 @@ LRA_RELATIVE_GATE_LU = -20.0
 LRA_PERCENTILES = (0.10, 0.95)
 LOUDNESS_OFFSET = -0.691  # BS.1770: makes a 1 kHz sine read its level in dBFS (per channel)
 SURROUND_WEIGHT = 1.41
-TRUE_PEAK_TAPS_PER_PHASE = 16  # taps per phase (ITU's example has 12): context the FIR needs
+TRUE_PEAK_TAPS_PER_PHASE = 12  # taps per phase, as ITU-R BS.1770's example: the FIR's context
 _TRUE_PEAK_ATTENUATION_DB = 80.0  # stop-band of the interpolator's Kaiser design
 
 # BS.1770-4 K-weighting analog prototypes, as derived by libebur128 (and pyloudnorm) from the
@@ -287,7 +287,9 @@ def true_peak_gain(sample_rate: int) -> float:
     return 1.0 if factor == 1 else float(np.abs(_phases(factor)).sum(axis=1).max())
 
 
-def true_peak(samples: np.ndarray, *, sample_rate: int, pre: int, last: bool) -> float:
+def true_peak(
+    samples: np.ndarray, *, sample_rate: int, pre: int, last: bool, sample_peak: float | None = None
+) -> float:
     """Return the linear true peak owned by the body of a chunk with pre frames of pre-roll.
 
     Output frame p of the interpolator (its ``factor`` samples) depends on input frames
@@ -296,20 +298,27 @@ def true_peak(samples: np.ndarray, *, sample_rate: int, pre: int, last: bool) ->
     whole signal when each pre-roll is at least true_peak_pre_roll(rate) frames or reaches
     the stream's start (a shorter pre-roll is taken to be the start: zeros before it).
     Like libebur128, the result is never below the body's sample peak. Each phase is a
-    plain convolution in float32 (a relative error near 1e-7, a millionth of a dB).
+    product in float32 (a relative error near 1e-7, a millionth of a dB).
     """
     factor = _oversampling(sample_rate)
     body = len(samples) - pre
-    peak = float(np.max(np.abs(samples[pre:]))) if body > 0 else 0.0
+    if sample_peak is not None:  # the caller knows it already
+        peak = sample_peak
+    else:
+        peak = float(np.max(np.abs(samples[pre:]))) if body > 0 else 0.0
     if factor == 1 or (body == 0 and not last):
         return peak
     context = TRUE_PEAK_TAPS_PER_PHASE
-    window = samples[max(pre - context, 0) :]
-    window = np.pad(window, ((max(context - pre, 0), context if last else 0), (0, 0)))
+    first = max(pre - context, 0)
+    lead, tail = max(context - pre, 0), (context if last else 0)
+    # One copy: channels first, float32, with zeros before the stream's start and after
+    # its end (where the chunk has no pre-roll, or is the last).
+    channels = np.zeros((samples.shape[1], lead + len(samples) - first + tail), dtype=np.float32)
+    channels[:, lead : lead + len(samples) - first] = samples[first:].T
     # Output frame p's inputs, oldest first, are window[p - T .. p]: one row of the sliding
     # view, whose product with the time-reversed phases gives every oversampled sample.
     reversed_phases = np.ascontiguousarray(_phases(factor)[:, ::-1].T)
-    for channel in np.ascontiguousarray(window.T, dtype=np.float32):
+    for channel in channels:
         inputs = np.lib.stride_tricks.sliding_window_view(channel, context + 1)
         interpolated = inputs @ reversed_phases
         if interpolated.size:

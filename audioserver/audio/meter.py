@@ -66,8 +66,9 @@ class OutputMeter:
             true_peak = sample_peak  # below the file's true peak whatever it is exactly
         else:
             true_peak = loudness.true_peak(
-                block.samples, sample_rate=self.sample_rate, pre=block.pre, last=block.final
-            )
+                block.samples, sample_rate=self.sample_rate, pre=block.pre, last=block.final,
+                sample_peak=sample_peak,
+            )  # fmt: skip
         return ChunkMeasure(
             energies=loudness.chunk_energies(
                 block.samples, sample_rate=self.sample_rate, start=block.body_start, pre=block.pre
