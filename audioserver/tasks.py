@@ -368,6 +368,12 @@ class TaskEngine:
                 refused = True
             else:
                 refused = False
+                task.log.info(
+                    "accepted %r: %s, %d Hz, %d ch, %.1f s, pipeline %r, chunks of %g s",
+                    task.filename, task.info.codec, task.info.sample_rate, task.info.channels,
+                    task.info.duration or -1, str(task.options.pipeline),
+                    task.options.chunk_seconds,
+                )  # fmt: skip
                 self._tasks[task.id] = task
                 self._queue.append(task)
                 self._admit_locked()
@@ -382,11 +388,6 @@ class TaskEngine:
             )
         if idle is not None:
             idle.close()
-        task.log.info(
-            "accepted %r: %s, %d Hz, %d ch, %.1f s, pipeline %r, chunks of %g s",
-            task.filename, task.info.codec, task.info.sample_rate, task.info.channels,
-            task.info.duration or -1, str(task.options.pipeline), task.options.chunk_seconds,
-        )  # fmt: skip
 
     def _discard_unstarted(self, task: Task) -> None:
         if task.decoder is not None:

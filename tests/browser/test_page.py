@@ -373,3 +373,17 @@ def test_a_processing_error_is_shown_and_the_page_is_not_stuck(
     expect(page.get_by_role("button", name="Process")).to_be_enabled()
     expect(page.get_by_role("button", name="Stop")).to_be_disabled()
     shoot(page, screenshots, "9-error-processing")
+
+
+def test_a_hostile_filename_is_shown_as_text_and_never_run(page, live_server, audio_file, tmp_path):
+    name = '<img src=x onerror="window.pwned=1">&amp;.wav'
+    hostile = tmp_path / name
+    hostile.write_bytes(audio_file(1.0).read_bytes())
+    open_page(page, live_server)
+    choose(page, hostile)
+    expect(page.locator("#fact-name")).to_have_text(name)
+    process(page)
+    wait_until(page, "s.phase === 'complete'")
+    assert page.evaluate("window.pwned === undefined")
+    assert page.locator("img[src='x']").count() == 0
+    expect(page.locator("#fact-name")).to_have_text(name)
