@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 import time
@@ -9,6 +10,7 @@ import time
 import numpy as np
 import pytest
 import requests
+import socketio
 from helpers import TERMINAL_EVENTS, music, wav_pcm
 
 CHUNK_FIELDS = {
@@ -243,10 +245,14 @@ def test_binary_events_stay_whole_while_acks_and_other_tasks_interleave(
         for path in paths
     ]
     stop_hammering = threading.Event()
+    answered = []
 
     def hammer() -> None:  # acks from the server's handler threads, while chunks stream
         while not stop_hammering.is_set():
-            listener.client.call("unsubscribe", {"task_id": "none"}, timeout=10)
+            # With threads switching every microsecond, an ack can be slow; a late one is not
+            # what this test is about (the chunks' integrity is), so it is only counted.
+            with contextlib.suppress(socketio.exceptions.TimeoutError):
+                answered.append(listener.client.call("unsubscribe", {"task_id": ""}, timeout=10))
 
     hammers = [threading.Thread(target=hammer) for _ in range(3)]
     for thread in hammers:
@@ -258,6 +264,7 @@ def test_binary_events_stay_whole_while_acks_and_other_tasks_interleave(
         stop_hammering.set()
         for thread in hammers:
             thread.join()
+    assert answered, "no ack came back while the chunks streamed"
     for task_id in task_ids:
         chunks = listener.chunks(task_id)
         assert [c["index"] for c in chunks] == list(range(24))
