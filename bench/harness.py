@@ -55,30 +55,69 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-class Server:
-    """``python app.py`` in its own process, on a free port, with its own data directory."""
+class ServerProcess:
+    """The server in a process of its own, on a free port, as users run it.
 
-    def __init__(self, *, workers: int, **settings: Any) -> None:
+    ``python app.py`` with ``--port``, ``--data-dir`` and the keyword settings
+    as options; subclasses run another program (``program``) or another command
+    line (``command``). Without a data directory it gets a temporary one,
+    removed by ``close``. The tests use it too.
+    """
+
+    def __init__(
+        self, data_dir: Path | None = None, *, log: Path | None = None, **settings: Any
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.data = Path(tempfile.mkdtemp(prefix="bench-data-"))
-        arguments = ["--port", str(self.port), "--workers", str(workers), "--data-dir",
-                     str(self.data), "--log-level", "WARNING"]  # fmt: skip
+        self._own_data = data_dir is None
+        self.data_dir = Path(
+            tempfile.mkdtemp(prefix="server-data-") if data_dir is None else data_dir
+        )
+        self.log = log
+        output = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115
+        try:
+            self.process = subprocess.Popen(
+                self.command({"log_level": "WARNING", **settings}),
+                stdout=output, stderr=subprocess.STDOUT, **self.popen_options(),
+            )  # fmt: skip
+        finally:
+            if log:
+                output.close()
+        try:
+            self._wait_until_serving()
+        except BaseException:
+            self.close()
+            raise
+
+    def program(self) -> list[str]:
+        return [sys.executable, str(ROOT / "app.py")]
+
+    def command(self, settings: dict[str, Any]) -> list[str]:
+        arguments = ["--port", str(self.port), "--data-dir", str(self.data_dir)]
         for name, value in settings.items():
             arguments += [f"--{name.replace('_', '-')}", str(value)]
-        self.process = subprocess.Popen(
-            [sys.executable, str(ROOT / "app.py"), *arguments],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 60
+        return [*self.program(), *arguments]
+
+    def popen_options(self) -> dict[str, Any]:
+        return {}
+
+    def _wait_until_serving(self, timeout: float = 60) -> None:
+        """Wait until GET /healthz answers; fail at once, with the log, if the process ends."""
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                requests.get(f"{self.url}/healthz", timeout=1)
+                requests.get(f"{self.url}/healthz", timeout=5).raise_for_status()
                 return
-            except requests.ConnectionError:
-                time.sleep(0.05)
-        raise RuntimeError("the server did not start")
+            except requests.RequestException:  # not listening yet, or still importing
+                try:
+                    self.process.wait(timeout=0.05)  # waiting on the process: did it end?
+                except subprocess.TimeoutExpired:
+                    continue
+                log = self.log.read_text(errors="replace")[-3000:] if self.log else ""
+                raise RuntimeError(
+                    f"the server exited with {self.process.returncode}\n{log}"
+                ) from None
+        raise RuntimeError(f"the server did not answer on {self.url} in {timeout} s")
 
     def peak_rss_mb(self) -> float:
         """Peak resident memory of the server process so far (Linux: VmHWM)."""
@@ -88,15 +127,17 @@ class Server:
         raise RuntimeError("no VmHWM")
 
     def close(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        shutil.rmtree(self.data, ignore_errors=True)
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self._own_data:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
 
-    def __enter__(self) -> Server:
+    def __enter__(self) -> ServerProcess:
         return self
 
     def __exit__(self, *exc_info: Any) -> None:

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import (
     ROOT,
     Client,
-    Server,
+    ServerProcess,
     ffmpeg_normalize_command,
     make_mp3,
     run_command,
@@ -62,7 +62,7 @@ def median(measure: Callable[[], float], runs: int) -> float:
     return statistics.median(measure() for _ in range(runs))
 
 
-def e2e(server: Server, path: Path, pipeline: str = PIPELINE) -> dict[str, float]:
+def e2e(server: ServerProcess, path: Path, pipeline: str = PIPELINE) -> dict[str, float]:
     """Upload to processing_complete receiving all audio; also first-chunk latency, wire cost."""
     client = Client(server.url)
     try:
@@ -91,18 +91,18 @@ def measure_e2e(sizes: Sizes, files: dict[str, Path]) -> dict[str, Any]:
         results["ffmpeg_normalize_s"] = median(lambda: run_command(command, env=env), sizes.runs)
     decode = [find_ffmpeg(), "-v", "error", "-i", str(long), "-f", "null", "-"]
     results["decode_floor_s"] = median(lambda: run_command(decode), sizes.runs)
-    with Server(workers=CORES) as server:
+    with ServerProcess(workers=CORES) as server:
         runs = [e2e(server, long) for _ in range(sizes.runs)]
     results["e2e_s"] = statistics.median(run["seconds"] for run in runs)
     results["wire_ratio"] = statistics.median(run["wire_ratio"] for run in runs)
     results["audio_complete"] = min(run["audio_complete"] for run in runs)
-    with Server(workers=1) as server:
+    with ServerProcess(workers=1) as server:
         results["e2e_1_worker_s"] = median(lambda: e2e(server, long)["seconds"], sizes.runs)
     return results
 
 
 def measure_latency(sizes: Sizes, files: dict[str, Path]) -> dict[str, Any]:
-    with Server(workers=CORES) as server:
+    with ServerProcess(workers=CORES) as server:
         latency = {
             name: median(
                 lambda path=path: e2e(server, path, STREAMING_PIPELINE)["first_chunk"], sizes.runs
@@ -115,7 +115,7 @@ def measure_latency(sizes: Sizes, files: dict[str, Path]) -> dict[str, Any]:
 def measure_memory(files: dict[str, Path]) -> dict[str, Any]:
     peaks = {}
     for name, path in files.items():
-        with Server(workers=CORES) as server:  # a fresh process: its peak is this file's
+        with ServerProcess(workers=CORES) as server:  # a fresh process: its peak is this file's
             e2e(server, path)
             peaks[name] = server.peak_rss_mb()
     return {"rss_short_mb": peaks["short"], "rss_long_mb": peaks["long"]}
@@ -124,7 +124,7 @@ def measure_memory(files: dict[str, Path]) -> dict[str, Any]:
 def measure_stop(sizes: Sizes, files: dict[str, Path]) -> dict[str, Any]:
     """Stop request to processing_stopped, while 4 other tasks keep the pool busy."""
     latencies = []
-    with Server(workers=CORES, max_active_tasks=8) as server:
+    with ServerProcess(workers=CORES, max_active_tasks=8) as server:
         busy, target = Client(server.url), Client(server.url)
         heavy = "highpass=freq=10:order=8,lowpass=freq=12000:order=8,compressor"
         busy_tasks = [busy.upload(files["long"], pipeline=heavy, chunk_seconds="0.5")["task_id"]
@@ -153,7 +153,7 @@ def measure_stop(sizes: Sizes, files: dict[str, Path]) -> dict[str, Any]:
 
 def measure_concurrency(sizes: Sizes) -> dict[str, Any]:
     path = make_mp3(sizes.client_seconds)
-    with Server(workers=CORES) as server:
+    with ServerProcess(workers=CORES) as server:
         single = median(lambda: e2e(server, path)["seconds"], sizes.runs)
         times: list[float] = []
         errors: list[str] = []

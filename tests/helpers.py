@@ -9,9 +9,7 @@ import functools
 import io
 import random
 import shlex
-import socket
 import subprocess
-import sys
 import threading
 import time
 import wave
@@ -26,6 +24,7 @@ from audioserver.audio.ffmpeg import configure_pydub, find_ffmpeg
 from audioserver.audio.pipeline import Pipeline
 from audioserver.audio.steps import Block, Param, Step
 from audioserver.client import InOrderClient
+from bench.harness import ServerProcess, free_port  # noqa: F401  (for the tests)
 
 ROOT = Path(__file__).resolve().parent.parent
 TERMINAL_EVENTS = ("processing_complete", "processing_stopped", "processing_error")
@@ -189,53 +188,6 @@ class LiveServer:
     def close(self) -> None:
         self._server.shutdown()
         self.engine.shutdown()
-
-
-class ServerProcess:
-    """``python app.py`` in a process of its own, on a free port (as users run it)."""
-
-    def __init__(self, data_dir: Path, *, log: Path | None = None, **settings: Any) -> None:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.data_dir = Path(data_dir)
-        arguments = ["--port", str(self.port), "--data-dir", str(self.data_dir)]
-        for name, value in {"log_level": "WARNING", **settings}.items():
-            arguments += [f"--{name.replace('_', '-')}", str(value)]
-        self.log = log
-        output = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115
-        self.process = subprocess.Popen(
-            [sys.executable, str(ROOT / "app.py"), *arguments], stdout=output, stderr=output
-        )
-        if log:
-            output.close()
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                    return
-            except OSError:
-                if self.process.poll() is not None:
-                    raise RuntimeError("the server process ended") from None
-                time.sleep(0.05)  # waiting for another process to listen: nothing to wait on
-        raise RuntimeError("the server did not start listening")
-
-    def peak_rss_mb(self) -> float:
-        """Peak resident memory of the server process so far (Linux: VmHWM)."""
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        raise RuntimeError("no VmHWM")
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
 
 
 class Listener:

@@ -11,17 +11,15 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
-from helpers import music, write_wav
+from helpers import ServerProcess, music, write_wav
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -91,53 +89,25 @@ def test_both_commands_answer_help(venv, tmp_path):
         assert command in client.stdout
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+class InstalledServer(ServerProcess):
+    """audio-server from the fresh environment, run from a folder outside the project."""
+
+    def __init__(self, venv: Path, folder: Path) -> None:
+        self.venv, self.folder = venv, folder
+        super().__init__(folder / "data", log=folder / "server.log", workers=1)
+
+    def program(self) -> list[str]:
+        return [str(self.venv / "bin" / "audio-server")]
+
+    def popen_options(self) -> dict[str, Any]:
+        return {"cwd": self.folder, "env": ENVIRONMENT}
 
 
 @pytest.fixture(scope="module")
 def installed_server(venv, tmp_path_factory) -> Iterator[str]:
-    """audio-server from the fresh environment, on a free port; its URL once it answers."""
-    tmp_path = tmp_path_factory.mktemp("installed-server")
-    port = free_port()
-    log = tmp_path / "server.log"
-    with open(log, "w") as output:
-        server = subprocess.Popen(
-            [venv / "bin" / "audio-server", "--port", str(port), "--data-dir", tmp_path / "data",
-             "--workers", "1"],
-            cwd=tmp_path, stdout=output, stderr=subprocess.STDOUT, env=ENVIRONMENT,
-        )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_serving(server, url, log)
-        yield url
-    finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-
-
-def wait_until_serving(
-    server: subprocess.Popen, url: str, log: Path, *, timeout: float = 60
-) -> None:
-    """Wait until GET /healthz answers; fail at once if the server exits instead."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            requests.get(f"{url}/healthz", timeout=1).raise_for_status()
-            return
-        except requests.ConnectionError:
-            try:
-                server.wait(timeout=0.1)  # waiting on the process: did it die?
-            except subprocess.TimeoutExpired:
-                continue
-            pytest.fail(f"audio-server exited with {server.returncode}:\n{log.read_text()}")
-    pytest.fail(f"audio-server did not answer on {url} in {timeout} s")
+    """The installed audio-server on a free port; its URL once it answers."""
+    with InstalledServer(venv, tmp_path_factory.mktemp("installed-server")) as server:
+        yield server.url
 
 
 def test_the_installed_server_serves_the_page_and_its_files(installed_server):

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import requests
-from helpers import wav_pcm
+from helpers import free_port, wav_pcm
 
 from audioserver.client import cli
 from audioserver.client.api import Server
@@ -288,12 +288,6 @@ def read_lines(stream) -> queue.Queue:
 
 
 # -- errors: one line each, exit status 1 ------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.mark.parametrize(

@@ -6,50 +6,35 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
-from helpers import ROOT, wav_pcm
+from helpers import ROOT, ServerProcess, wav_pcm
 
 
-class Gunicorn:
+class Gunicorn(ServerProcess):
     """gunicorn -c gunicorn.conf.py audioserver.wsgi:app, on a free port."""
 
-    def __init__(self, data_dir: Path) -> None:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
+    def command(self, settings: dict[str, Any]) -> list[str]:
+        return [
+            shutil.which("gunicorn", path=str(Path(sys.executable).parent)),
+            "-c", "gunicorn.conf.py", "audioserver.wsgi:app",
+        ]  # fmt: skip
+
+    def popen_options(self) -> dict[str, Any]:
         env = {
             **os.environ, "HOST": "127.0.0.1", "PORT": str(self.port), "GUNICORN_THREADS": "20",
-            "AUDIO_DATA_DIR": str(data_dir), "AUDIO_WORKERS": "2", "AUDIO_LOG_LEVEL": "WARNING",
+            "AUDIO_DATA_DIR": str(self.data_dir), "AUDIO_WORKERS": "2",
+            "AUDIO_LOG_LEVEL": "WARNING",
         }  # fmt: skip
-        executable = shutil.which("gunicorn", path=str(Path(sys.executable).parent))
-        self.process = subprocess.Popen(
-            [executable, "-c", "gunicorn.conf.py", "audioserver.wsgi:app"],
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True,  # its own process group: close() ends the worker too
-        )  # fmt: skip
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                requests.get(f"{self.url}/healthz", timeout=5)
-                return
-            except requests.RequestException:  # not listening yet, or still importing
-                assert self.process.poll() is None, "gunicorn ended"
-                time.sleep(0.05)  # another process is starting: nothing to wait on
-        raise RuntimeError("gunicorn did not start")
+        # Its own process group: close() ends the worker too.
+        return {"cwd": ROOT, "env": env, "start_new_session": True}
 
     def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(30)
+        super().close()
         with contextlib.suppress(ProcessLookupError):  # a worker the master left behind
             os.killpg(self.process.pid, signal.SIGKILL)
 
