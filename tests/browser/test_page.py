@@ -84,6 +84,17 @@ def process(page: Page) -> None:
     page.get_by_role("button", name="Process").click()
 
 
+def start_task(
+    page: Page, server, path: Path, steps: list[tuple[str, dict[str, str]]], *, chunk: str
+) -> None:
+    """Open the page, choose the file, build the pipeline, set the chunk length, process."""
+    open_page(page, server)
+    choose(page, path)
+    build_pipeline(page, steps)
+    page.get_by_label("Chunk length").select_option(chunk)
+    process(page)
+
+
 def shoot(page: Page, folder: Path, name: str) -> Path:
     path = folder / f"{name}.png"
     page.evaluate("window.scrollTo(0, 0)")  # the monitor is sticky: show the page from its top
@@ -152,11 +163,7 @@ def test_stop_halfway_shows_the_stopped_state_and_draws_nothing_more(
     page, make_server, long_audio, screenshots, tmp_path
 ):
     server = make_server(WORKERS=1)
-    open_page(page, server)
-    choose(page, long_audio(30))
-    build_pipeline(page, STOPPABLE)
-    page.get_by_label("Chunk length").select_option("0.25")
-    process(page)
+    start_task(page, server, long_audio(30), STOPPABLE, chunk="0.25")
     expect(page.get_by_role("button", name="Stop")).to_be_enabled()
     running = wait_until(page, "s.nextIndex >= 24 && s.playback.playedSeconds > 0.2")
     assert running["phase"] == "processing"
@@ -248,11 +255,7 @@ def test_out_of_range_values_are_refused_here_and_the_servers_400_shown_beside_t
 
 def test_playback_starts_before_processing_ends(page, make_server, long_audio):
     server = make_server(WORKERS=1)
-    open_page(page, server)
-    choose(page, long_audio(30))
-    build_pipeline(page, STOPPABLE)
-    page.get_by_label("Chunk length").select_option("0.25")
-    process(page)
+    start_task(page, server, long_audio(30), STOPPABLE, chunk="0.25")
 
     heard = wait_until(page, "s.soundAt !== null")
     assert heard["phaseAtSound"] == "processing" and heard["terminalAt"] is None
@@ -269,11 +272,7 @@ def test_playback_starts_before_processing_ends(page, make_server, long_audio):
 def test_a_dropped_connection_resubscribes_from_the_next_chunk(
     page, live_server, long_audio, screenshots
 ):
-    open_page(page, live_server)
-    choose(page, long_audio(30))
-    build_pipeline(page, HEAVY)
-    page.get_by_label("Chunk length").select_option("0.5")
-    process(page)
+    start_task(page, live_server, long_audio(30), HEAVY, chunk="0.5")
     wait_until(page, "s.nextIndex >= 5")
     dropped_at = page.evaluate(
         "(() => { audioPage.socket.io.engine.close(); return audioPage.status.nextIndex; })()"
@@ -359,11 +358,8 @@ def test_a_busy_server_answers_503_and_process_waits_for_retry_after(
 def test_a_processing_error_is_shown_and_the_page_is_not_stuck(
     page, live_server, audio_file, test_steps, screenshots
 ):
-    open_page(page, live_server)
-    choose(page, audio_file(3.0))
-    build_pipeline(page, [("test_explode", {"at": "100000"})])  # fails in the third second
-    page.get_by_label("Chunk length").select_option("0.5")
-    process(page)
+    explode = [("test_explode", {"at": "100000"})]  # fails in the third second
+    start_task(page, live_server, audio_file(3.0), explode, chunk="0.5")
 
     failed = wait_until(page, "s.phase === 'failed'")
     assert failed["terminal"] == "processing_error"
