@@ -117,9 +117,14 @@ class FaultLog:
         self.burst = burst
         self.period = period
         self._lock = threading.Lock()
-        self._window_start = -period
-        self._written = 0
-        self._left_out = 0
+        self.reset()
+
+    def reset(self) -> None:
+        """Start afresh: a new period, nothing left out."""
+        with self._lock:
+            self._window_start = -self.period
+            self._written = 0
+            self._left_out = 0
 
     def warning(self, log: logging.Logger, message: str, *args: Any) -> bool:
         """Log message at WARNING unless this period's lines are used up; return whether it was."""

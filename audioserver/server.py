@@ -82,6 +82,9 @@ class RequestHandler(WSGIRequestHandler):
             self.address_string(), code, error, message or "",
         )  # fmt: skip
         body = json.dumps({"error": error, "message": text}).encode()
+        # A line that is not HTTP leaves the version at HTTP/0.9, whose answers have no
+        # status line: the client would not even learn that it was refused.
+        self.request_version = "HTTP/1.1"
         self.send_response(code)
         headers = {
             **STATIC_HEADERS,
