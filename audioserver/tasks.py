@@ -60,6 +60,10 @@ UPLOAD_NAME = "upload"
 TRUNCATED_FRACTION = 0.9  # decoded audio shorter than this part of the announced length
 TASK_FOLDER = re.compile(r"[0-9a-f]{32}")  # uuid4 hex: the only folders the engine owns
 RESULT_WAIT_SECONDS = 60.0
+# Sample rates the server takes: loudness (BS.1770's K-weighting) needs a band up to a
+# few kHz, and 768 kHz is the highest rate any audio format in use has.
+MIN_SAMPLE_RATE = 4000
+MAX_SAMPLE_RATE = 768_000
 
 
 class Broadcaster(Protocol):
@@ -336,6 +340,12 @@ class TaskEngine:
         decoder = self.open_decoder(folder / UPLOAD_NAME)
         try:
             info = decoder.info
+            if not MIN_SAMPLE_RATE <= info.sample_rate <= MAX_SAMPLE_RATE:
+                raise DecodeError(
+                    f"The audio's sample rate is {info.sample_rate} Hz; the server takes "
+                    f"{MIN_SAMPLE_RATE} to {MAX_SAMPLE_RATE} Hz. Resample the file first "
+                    "(for example: ffmpeg -i in.wav -ar 48000 out.wav)."
+                )
             if info.duration is not None and info.duration > self.max_audio_seconds:
                 raise DecodeError(
                     f"The audio lasts {info.duration:.0f} s; the server takes at most "
@@ -545,6 +555,11 @@ class TaskEngine:
             started = time.perf_counter()
             source = chunk.block
             block = stage.run(replace(source, samples=source.samples.astype(np.float64)))
+            if task.stopping.is_set():
+                # Stopped while this chunk ran: drop it here, before any analysis,
+                # encoding or storing (the stop flag is the worker's to check).
+                task.window.release()
+                return
             if spool is not None:
                 measurements[chunk.index] = stage.boundary.measure(block)
                 spool.write(block.body_start, block.body)
@@ -635,20 +650,30 @@ class TaskEngine:
     ) -> bool:
         """Move a task to a terminal status and send its terminal event; False if it had ended.
 
-        describe() builds the event's data under the task's lock, after the
-        last chunk: the counts it reports are final.
+        describe() builds the event's own fields under the task's lock, after
+        the last chunk: the counts it reports are final. If describe() itself
+        fails (a summary that cannot be computed, say), the task fails instead:
+        every task reaches exactly one terminal state, and says so.
         """
         with task.lock:
             if task.status in TERMINAL:
                 return False
-            task.status = status
             task.finished_at = now()
             task.stopping.set()
             task.reorder.clear()
-            task.store.finalize()
+            try:
+                task.store.finalize()
+                data = describe()
+            except Exception as error:
+                task.log.exception("ending the task as %s failed", status)
+                status, event = Status.FAILED, "processing_error"
+                task.summary = None
+                task.error = {"error": "processing_failed", "message": f"Finishing failed: {error}"}
+                data = dict(task.error)
+            task.status = status
             if task.encoder is None and status != Status.FAILED:
                 task.result_path = task.store.path
-            data = describe()
+            data = {**self._terminal_core(task, status), **data}
             task.terminal = (event, data)
             self.observer.task_ended(str(status))
             self.broadcaster.emit(event, data, to=task.room)
@@ -658,28 +683,41 @@ class TaskEngine:
         self._finished(task)
         return True
 
+    def _terminal_core(self, task: Task, status: Status) -> dict[str, Any]:
+        """The fields every terminal event carries, whatever the ending (called under the lock).
+
+        ``duration`` is the audio emitted (the result's length), ``summary`` and
+        ``result_url`` are null where the task has none.
+        """
+        has_result = status == Status.COMPLETED or (status == Status.STOPPED and not task.deleted)
+        return {
+            "task_id": task.id,
+            "status": str(status),
+            "chunks_emitted": task.next_index,
+            "duration": task.output_frames / task.stages[-1].output_rate,
+            "elapsed": round(task.elapsed, 3),
+            "summary": task.summary,
+            "result_url": f"/tasks/{task.id}/result" if has_result else None,
+            "warnings": task.warnings,
+        }
+
     def _complete(self, task: Task) -> None:
         def describe() -> dict[str, Any]:
             task.duration = task.output_frames / task.stages[-1].output_rate
             task.summary = self._summary(task)
             elapsed = task.elapsed
             return {
-                "task_id": task.id,
                 "chunks": task.next_index,
-                "duration": task.duration,
-                "elapsed": round(elapsed, 3),
                 "realtime_factor": round(task.duration / elapsed, 2) if elapsed > 0 else None,
-                "summary": task.summary,
-                "warnings": task.warnings,
-                "result_url": f"/tasks/{task.id}/result",
             }
 
         if self._end(task, Status.COMPLETED, "processing_complete", describe):
-            data = task.terminal[1]
-            task.log.info(
-                "completed: %d chunks, %.1f s of audio in %.2f s (%sx realtime)",
-                data["chunks"], data["duration"], data["elapsed"], data["realtime_factor"],
-            )  # fmt: skip
+            event, data = task.terminal
+            if event == "processing_complete":
+                task.log.info(
+                    "completed: %d chunks, %.1f s of audio in %.2f s (%sx realtime)",
+                    data["chunks"], data["duration"], data["elapsed"], data["realtime_factor"],
+                )  # fmt: skip
 
     def _summary(self, task: Task) -> dict[str, Any]:
         summary = task.meter.summary(task.measures)
@@ -691,7 +729,7 @@ class TaskEngine:
     def _fail(self, task: Task, code: str, message: str) -> None:
         def describe() -> dict[str, Any]:
             task.error = {"error": code, "message": message}
-            return {"task_id": task.id, "error": code, "message": message}
+            return {"error": code, "message": message}
 
         if self._end(task, Status.FAILED, "processing_error", describe):
             task.log.warning("failed: %s", message)
@@ -710,9 +748,11 @@ class TaskEngine:
             )
 
         def describe() -> dict[str, Any]:
-            if task.next_index:  # the summary (its duration too) of what was emitted
+            if reason == "deleted":
+                task.deleted = True  # no result to point at: the files go with the task
+            elif task.next_index:  # the summary (its duration too) of what was emitted
                 task.summary = self._summary(task)
-            return {"task_id": task.id, "chunks_emitted": task.next_index, "reason": reason}
+            return {"reason": reason}
 
         if self._end(task, Status.STOPPED, "processing_stopped", describe):
             task.log.info("stopped (%s) after %d chunks", reason, task.next_index)
