@@ -172,6 +172,7 @@ class TaskEngine:
         self._tasks: dict[str, Task] = {}
         self._queue: deque[Task] = deque()
         self._active: set[str] = set()
+        self._deleting: set[Task] = set()  # deleted, their folders not yet removed
         self._closed = False
         self.result_ttl_seconds = result_ttl_seconds
         self.max_data_bytes = max_data_bytes
@@ -189,7 +190,7 @@ class TaskEngine:
         """Take back the finished tasks of an earlier run; delete what a crash left half-written."""
         for part in (self.data_dir / "uploads").glob("*.part"):
             part.unlink(missing_ok=True)
-        restored, removed = 0, 0
+        restored, removed, interrupted = 0, 0, 0
         for folder in sorted(self.data_dir.iterdir()):
             if not (folder.is_dir() and TASK_FOLDER.fullmatch(folder.name)):
                 continue  # not ours: leave it alone
@@ -208,10 +209,52 @@ class TaskEngine:
             for leftover in (UPLOAD_NAME, "spool-*.f32", "*.part"):
                 for path in folder.glob(leftover):
                     path.unlink(missing_ok=True)
+            if task.status not in TERMINAL:
+                self._fail_interrupted(task)
+                interrupted += 1
             self._tasks[task.id] = task
             restored += 1
         if restored or removed:
-            logger.info("restored %d finished tasks; removed %d unfinished", restored, removed)
+            logger.info(
+                "restored %d tasks (%d interrupted by the last stop: failed, partial results "
+                "kept); removed %d half-created",
+                restored, interrupted, removed,
+            )  # fmt: skip
+
+    def _fail_interrupted(self, task: Task) -> None:
+        """Keep a task that a crash (kill -9, power loss) interrupted: failed, with its chunks."""
+        was = task.status
+        task.store.recover()
+        task.next_index = task.chunks_final = len(task.store)
+        task.output_frames = task.store.wav.data_bytes // (2 * task.stages[-1].output_channels)
+        for path in task.folder.glob("result.*"):
+            if path != task.store.path:
+                path.unlink(missing_ok=True)  # an encoding that never finished
+        if task.next_index:
+            task.result_path = task.store.path
+            kept = (
+                f"the {task.next_index} chunks it had emitted are its partial result "
+                f"(GET /tasks/{task.id}/result, as WAV)"
+            )
+        else:
+            kept = "it had emitted nothing"
+        message = (
+            f"The server stopped while this task was {was} (a crash or a kill); {kept}. "
+            "Upload the file again to process all of it."
+        )
+        task.status = Status.FAILED
+        task.finished_at = now()
+        task.error = {"error": "server_restarted", "message": message}
+        task.terminal = ("processing_error", {**self._terminal_core(task, Status.FAILED),
+                                              **task.error})  # fmt: skip
+        save_snapshot(task.folder, task.snapshot(workers=self.workers))
+        task.log.warning("interrupted by the last stop of the server: now failed; %s", kept)
+
+    def _save_unfinished(self, task: Task) -> None:
+        """Write task.json of a task that has not ended, so a crash cannot make it vanish."""
+        with task.lock:
+            if task.status not in TERMINAL and not task.deleted:
+                save_snapshot(task.folder, task.snapshot(workers=self.workers))
 
     def sweep(self, *, moment: datetime | None = None) -> list[str]:
         """Delete results past their time to live, then the oldest while over the size cap."""
@@ -371,6 +414,7 @@ class TaskEngine:
 
     def _enqueue(self, task: Task) -> None:
         idle: Decoder | None = None
+        self._save_unfinished(task)  # before any other thread can see the task
         with self._lock:
             try:
                 self._check_capacity_locked()
@@ -422,22 +466,40 @@ class TaskEngine:
     def _run(self, task: Task) -> None:
         task.log.info("started")
         try:
+            self._save_unfinished(task)
             if task.decoder is None:
                 task.decoder = self.open_decoder(task.folder / UPLOAD_NAME)
             self._start_encoder(task)
             if self._run_stages(task):
-                if task.encoder is not None:
-                    task.result_path = task.encoder.finish()
+                self._finish_encoding(task)
                 self._complete(task)
         except DecodeError as error:
             self._fail(task, "decode_failed", error.message)
-        except EncodeError as error:
-            self._fail(task, "encode_failed", f"Encoding the result failed: {error}")
         except Exception as error:  # a bug or a failing step: this task fails, the pool goes on
             task.log.exception("processing failed")
             self._fail(task, "processing_failed", f"Processing failed: {error}")
         finally:
             self._retire(task)
+
+    def _finish_encoding(self, task: Task) -> None:
+        """End the encoding of the result; if it fails, the WAV is the result, with a warning."""
+        if task.encoder is None:
+            return
+        try:
+            task.result_path = task.encoder.finish()
+        except EncodeError as error:
+            task.result_path = task.store.path
+            self._warn_encode_failed(task, error)
+
+    def _warn_encode_failed(self, task: Task, error: EncodeError) -> None:
+        fmt = task.options.format
+        message = (
+            f"{error}. The result is the 16-bit WAV instead (all of the processed audio); "
+            f"convert it yourself, or process the file again with format={fmt}."
+        )
+        with task.lock:
+            task.warnings.append({"warning": "encode_failed", "format": fmt, "message": message})
+        task.log.warning("%s", message)
 
     def _start_encoder(self, task: Task) -> None:
         """Start encoding the result as it grows, for formats other than WAV."""
@@ -671,7 +733,7 @@ class TaskEngine:
                 task.error = {"error": "processing_failed", "message": f"Finishing failed: {error}"}
                 data = dict(task.error)
             task.status = status
-            if task.encoder is None and status != Status.FAILED:
+            if task.encoder is None and status != Status.FAILED and not task.deleted:
                 task.result_path = task.store.path
             data = {**self._terminal_core(task, status), **data}
             task.terminal = (event, data)
@@ -689,7 +751,11 @@ class TaskEngine:
         ``duration`` is the audio emitted (the result's length), ``summary`` and
         ``result_url`` are null where the task has none.
         """
-        has_result = status == Status.COMPLETED or (status == Status.STOPPED and not task.deleted)
+        has_result = (
+            status == Status.COMPLETED
+            or (status == Status.STOPPED and not task.deleted)
+            or task.result_path is not None  # a failed task that kept a partial result
+        )
         return {
             "task_id": task.id,
             "status": str(status),
@@ -783,6 +849,8 @@ class TaskEngine:
                 save_snapshot(task.folder, task.snapshot(workers=self.workers))
         if deleted:
             remove_folder(task.folder)
+            with self._lock:
+                self._deleting.discard(task)
         task.retired.set()
 
     def _settle_encoder(self, task: Task) -> None:
@@ -795,8 +863,8 @@ class TaskEngine:
         try:
             task.result_path = task.encoder.finish()
         except EncodeError as error:
-            task.result_error = f"Encoding the partial result failed: {error}"
-            task.log.warning("%s", task.result_error)
+            task.result_path = task.store.path
+            self._warn_encode_failed(task, error)
 
     def result(self, task: Task) -> Path:
         """Return a finished task's result file, waiting for its encoding to end."""
@@ -808,7 +876,7 @@ class TaskEngine:
                 code="task_not_ready",
                 status=str(status),
             )
-        if status == Status.FAILED:
+        if status == Status.FAILED and task.result_path is None:
             raise TaskConflict(
                 "The task failed; it has no result.", code="task_failed", status=str(status)
             )
@@ -854,6 +922,9 @@ class TaskEngine:
             remove_now = task.runner_done or task.started_at is None
         if remove_now:
             remove_folder(task.folder)
+        else:
+            with self._lock:
+                self._deleting.add(task)  # its runner removes the folder when it ends
         task.log.info("deleted")
 
     def shutdown(self, *, timeout: float = 4.0) -> None:
@@ -869,9 +940,13 @@ class TaskEngine:
         for task in running:
             with contextlib.suppress(AudioServerError):
                 self.stop(task.id, reason="shutdown")
+        with self._lock:
+            deleting = list(self._deleting)
         deadline = time.monotonic() + timeout
-        for task in running:
+        for task in [*running, *deleting]:
             task.retired.wait(max(0.0, deadline - time.monotonic()))
+        for task in deleting:
+            remove_folder(task.folder)  # even if its runner did not end in time
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     # -- subscribing ------------------------------------------------------------
