@@ -87,6 +87,13 @@ SETTINGS: tuple[Setting, ...] = (
         help="longest audio accepted, in seconds (decoding stops there)",
     ),
     Setting(
+        name="MAX_AUDIO_SAMPLES",
+        default=4 * 3600 * 48000 * 2,
+        type=int,
+        help="most decoded samples (frames x channels) one upload may hold: 4 h of 48 kHz stereo "
+        "(more, by the header: 413 at upload; while decoding: the task fails)",
+    ),
+    Setting(
         name="DECODE_STALL_SECONDS",
         default=30.0,
         type=float,

@@ -36,7 +36,7 @@ from threadpoolctl import threadpool_limits
 
 from .audio import analysis
 from .audio.chunking import Chunk, Spool, decoded_chunks, spooled_chunks
-from .audio.decode import Decoder
+from .audio.decode import AudioInfo, Decoder
 from .audio.encoders import FORMATS, EncodeError, StreamEncoder
 from .audio.meter import OutputMeter
 from .audio.pipeline import Stage
@@ -46,6 +46,7 @@ from .errors import (
     AudioServerError,
     BadRequest,
     DecodeError,
+    PayloadTooLarge,
     TaskConflict,
     TaskNotFound,
 )
@@ -141,6 +142,7 @@ class TaskEngine:
         max_queued: int = 32,
         chunk_window: int = 0,
         max_audio_seconds: float = 4 * 3600.0,
+        max_audio_samples: int = 4 * 3600 * 48000 * 2,
         stall_seconds: float = 30.0,
         client_backlog: int = 16,
         result_ttl_seconds: float = 24 * 3600.0,
@@ -157,6 +159,7 @@ class TaskEngine:
         self.max_queued = max_queued
         self.chunk_window = chunk_window or max(2, 2 * workers)
         self.max_audio_seconds = max_audio_seconds
+        self.max_audio_samples = max_audio_samples
         self.stall_seconds = stall_seconds
         self.client_backlog = client_backlog
         self.broadcaster: Broadcaster = broadcaster or NullBroadcaster()
@@ -389,6 +392,9 @@ class TaskEngine:
                     f"{MIN_SAMPLE_RATE} to {MAX_SAMPLE_RATE} Hz. Resample the file first "
                     "(for example: ffmpeg -i in.wav -ar 48000 out.wav)."
                 )
+            announced = (info.duration or 0) * info.sample_rate * info.channels
+            if announced > self.max_audio_samples:
+                raise PayloadTooLarge(self._too_much_audio(info), code="too_much_audio")
             if info.duration is not None and info.duration > self.max_audio_seconds:
                 raise DecodeError(
                     f"The audio lasts {info.duration:.0f} s; the server takes at most "
@@ -411,6 +417,27 @@ class TaskEngine:
             raise
         task.decoder = decoder
         return task
+
+    def _too_much_audio(self, info: AudioInfo) -> str:
+        limit = self.max_audio_samples
+        hours = limit / (48000 * 2 * 3600)
+        seconds = limit / (info.sample_rate * info.channels)
+        return (
+            f"The audio holds more than {limit:,} samples ({hours:g} h of 48 kHz stereo; "
+            f"{seconds:,.0f} s at this file's {info.sample_rate} Hz and {info.channels} "
+            "channels), the most one upload may decode to. Split the file, or lower its "
+            "sample rate or channel count first."
+        )
+
+    def _bounded(self, task: Task, source: Iterator[Chunk]) -> Iterator[Chunk]:
+        """Pass the decoded chunks on, failing the task once they exceed max_audio_samples."""
+        decoder, info = task.decoder, task.info
+        limit = self.max_audio_samples // info.channels
+        for chunk in source:
+            if decoder is not None and decoder.frames_read > limit:
+                decoder.kill()
+                raise PayloadTooLarge(self._too_much_audio(info), code="too_much_audio")
+            yield chunk
 
     def _enqueue(self, task: Task) -> None:
         idle: Decoder | None = None
@@ -475,6 +502,8 @@ class TaskEngine:
                 self._complete(task)
         except DecodeError as error:
             self._fail(task, "decode_failed", error.message)
+        except AudioServerError as error:  # a limit crossed while decoding
+            self._fail(task, error.code, error.message)
         except Exception as error:  # a bug or a failing step: this task fails, the pool goes on
             task.log.exception("processing failed")
             self._fail(task, "processing_failed", f"Processing failed: {error}")
@@ -519,11 +548,14 @@ class TaskEngine:
     def _run_stages(self, task: Task) -> bool:
         """Run every stage; return True if the task ran to the end."""
         first = task.stages[0]
-        source: Iterator[Chunk] = decoded_chunks(
-            task.decoder,
-            chunk_frames=task.chunk_frames(0),
-            pre_roll=first.pre_roll,
-            post_roll=first.post_roll,
+        source: Iterator[Chunk] = self._bounded(
+            task,
+            decoded_chunks(
+                task.decoder,
+                chunk_frames=task.chunk_frames(0),
+                pre_roll=first.pre_roll,
+                post_roll=first.post_roll,
+            ),
         )
         spool: Spool | None = None
         try:

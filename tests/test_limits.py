@@ -1,0 +1,73 @@
+"""What one upload may cost: the decoded size is bounded (decompression bombs)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from helpers import music, write_wav
+
+RATE = 8000
+LIMIT = RATE * 2 * 3  # 3 s of 8 kHz stereo
+
+
+def upload(client, path: Path, **fields):
+    data = {"file": (open(path, "rb"), path.name), "chunk_seconds": "0.5", **fields}  # noqa: SIM115
+    return client.post("/upload", data=data, content_type="multipart/form-data")
+
+
+def piped_flac(ffmpeg: str, seconds: float, path: Path) -> Path:
+    """A FLAC written to a pipe: its header cannot say how long it is (total samples 0)."""
+    wav = write_wav(path.with_suffix(".wav"), music(seconds, rate=RATE, channels=2), RATE)
+    flac = subprocess.run(
+        [ffmpeg, "-v", "error", "-f", "wav", "-i", "pipe:0", "-f", "flac", "pipe:1"],
+        input=wav.read_bytes(),
+        capture_output=True,
+        check=True,
+    ).stdout
+    path.write_bytes(flac)
+    return path
+
+
+def test_an_upload_whose_header_announces_too_many_samples_is_refused_at_once(make_app, tmp_path):
+    app = make_app(MAX_AUDIO_SAMPLES=LIMIT)
+    path = write_wav(tmp_path / "long.wav", music(5.0, rate=RATE, channels=2), RATE)
+    response = upload(app.test_client(), path)
+    assert response.status_code == 413
+    body = response.get_json()
+    assert body["error"] == "too_much_audio"
+    assert f"{LIMIT:,} samples" in body["message"] and "Split the file" in body["message"]
+    data = Path(app.config["DATA_DIR"])
+    assert [p.name for p in data.iterdir()] == ["uploads"]  # nothing left behind
+    assert list((data / "uploads").iterdir()) == []
+
+
+def test_a_task_that_decodes_past_the_limit_fails_and_stops_decoding(make_app, tmp_path, ffmpeg):
+    app = make_app(MAX_AUDIO_SAMPLES=LIMIT)
+    path = piped_flac(ffmpeg, 10.0, tmp_path / "bomb.flac")  # < 500 kB: see test_routes.py
+    response = upload(app.test_client(), path, pipeline="normalize")
+    assert response.status_code == 202, response.get_json()
+    assert response.get_json()["input"]["duration"] is None  # the header did not say
+    engine = app.extensions["audio_engine"]
+    task = engine.get(response.get_json()["task_id"])
+    assert task.retired.wait(30)
+    described = engine.describe(task)
+    assert described["status"] == "failed"
+    assert described["error"]["error"] == "too_much_audio"
+    assert task.terminal[0] == "processing_error"
+    # Decoding stopped within a couple of chunks of the limit, not at the end of the file.
+    assert task.decoder.frames_read <= LIMIT // 2 + 3 * RATE // 2
+    assert not list(task.folder.glob("spool-*")) and not (task.folder / "upload").exists()
+
+
+@pytest.mark.parametrize("seconds", [2.0, 3.0])
+def test_audio_up_to_the_limit_is_processed(make_app, tmp_path, ffmpeg, seconds):
+    app = make_app(MAX_AUDIO_SAMPLES=LIMIT)
+    path = piped_flac(ffmpeg, seconds, tmp_path / "fine.flac")
+    response = upload(app.test_client(), path)
+    assert response.status_code == 202
+    engine = app.extensions["audio_engine"]
+    task = engine.get(response.get_json()["task_id"])
+    assert task.retired.wait(30)
+    assert engine.describe(task)["status"] == "completed"
