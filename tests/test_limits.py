@@ -71,3 +71,14 @@ def test_audio_up_to_the_limit_is_processed(make_app, tmp_path, ffmpeg, seconds)
     task = engine.get(response.get_json()["task_id"])
     assert task.retired.wait(30)
     assert engine.describe(task)["status"] == "completed"
+
+
+def test_a_wav_header_claiming_2_ghz_is_refused_with_the_range(make_app, tmp_path):
+    path = write_wav(tmp_path / "fast.wav", music(0.5, rate=RATE, channels=2), RATE)
+    header = bytearray(path.read_bytes())
+    header[24:28] = (2_000_000_000).to_bytes(4, "little")  # the fmt chunk's sample rate
+    header[28:32] = (0xFFFFFFFF).to_bytes(4, "little")  # bytes a second: as big as it goes
+    path.write_bytes(bytes(header))
+    response = upload(make_app().test_client(), path)
+    assert response.status_code == 415, response.get_json()
+    assert "sample rate" in response.get_json()["message"]
