@@ -15,7 +15,7 @@ never copied into the repository. The server serves, in this order:
 3. otherwise it fetches it at start-up: ``npm ci`` with the project's
    ``package.json`` and ``package-lock.json`` (so the locked version) in a
    scratch folder of the cache, in a background thread, so the server answers
-   meanwhile; a request for the file waits for it. The file then goes into the
+   meanwhile; a request for the file waits for it (30 s at most). The file then goes into the
    cache in one atomic rename, so two servers starting at once cannot see half
    a file, and later starts find it there.
 
@@ -50,7 +50,10 @@ NPM_FILES = ("package.json", "package-lock.json")
 SOCKETIO_CLIENT = "vendor/socket.io.min.js"  # under static/, as the page names it
 NPM_PACKAGE = "socket.io-client"
 NPM_DIST = f"node_modules/{NPM_PACKAGE}/dist/socket.io.min.js"
-NPM_TIMEOUT = 90.0  # seconds npm may take; a request for the file waits as long at most
+NPM_TIMEOUT = 90.0  # seconds npm may take
+REQUEST_WAIT = (
+    30.0  # seconds a request for the file waits for npm, at most (then 404: the page polls)
+)
 STALE_SCRATCH = 3600.0  # a scratch folder this old was left by a server that was killed
 FIX = (
     "to fix it, install Node.js (with npm) and restart the server, "
@@ -124,7 +127,6 @@ class SocketIOClient:
         self._bundled = root / "static" / SOCKETIO_CLIENT
         self._cached: Path | None = None
         self._fetching: threading.Thread | None = None
-        self._deadline = 0.0
 
     def start(self) -> None:
         """Find the client, or start fetching it; say once if the page will go without it."""
@@ -155,7 +157,6 @@ class SocketIOClient:
             "fetching the page's Socket.IO client (%s %s) with npm into %s",
             NPM_PACKAGE, version, self.cache,
         )  # fmt: skip
-        self._deadline = time.monotonic() + NPM_TIMEOUT + 5
         self._fetching = threading.Thread(
             target=self._fetch, args=(npm,), name="fetch-socketio-client", daemon=True
         )
@@ -191,10 +192,15 @@ class SocketIOClient:
         if self._bundled.is_file():
             return self._bundled
         if self._fetching is not None:
-            self._fetching.join(max(0.0, self._deadline - time.monotonic()))
+            self._fetching.join(REQUEST_WAIT)
         if self._cached is not None and self._cached.is_file():
             return self._cached
         return None
+
+    @property
+    def fetching(self) -> bool:
+        """Whether npm is still at work."""
+        return self._fetching is not None and self._fetching.is_alive()
 
 
 def init_app(app: Flask, client: SocketIOClient) -> None:
@@ -210,11 +216,12 @@ def init_app(app: Flask, client: SocketIOClient) -> None:
             return serve_static(filename=filename)
         path = client.path()
         if path is None:
-            return error_response(
-                404,
-                "not_found",
-                f"The page's Socket.IO client is not installed on this server: {FIX}.",
+            reason = (
+                "is still being fetched with npm: reload the page in a moment"
+                if client.fetching
+                else f"is not installed on this server: {FIX}"
             )
+            return error_response(404, "not_found", f"The page's Socket.IO client {reason}.")
         return send_file(
             path,
             mimetype="text/javascript",

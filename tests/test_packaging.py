@@ -11,6 +11,7 @@ an empty cache, so the Socket.IO client it serves can only be the wheel's.
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -22,7 +23,7 @@ import requests
 from fresh import ENVIRONMENT, ROOT, ProgramServer, checkout, new_environment, pip_install
 from helpers import music, write_wav
 
-from audioserver.page import NPM_FILES, SOCKETIO_CLIENT
+from audioserver.page import NPM_FILES, SOCKETIO_CLIENT, SocketIOClient
 
 pytestmark = pytest.mark.slow
 
@@ -80,6 +81,24 @@ def test_the_wheel_holds_the_page_its_npm_files_and_the_socketio_client(wheel):
     assert not [name for name in names if name.startswith(("templates/", "static/"))]
     client = zipfile.ZipFile(wheel).read(f"audioserver/web/static/{SOCKETIO_CLIENT}")
     assert client.startswith(b"/*!\n * Socket.IO v4.")
+
+
+@pytest.mark.skipif(shutil.which("npm") is None, reason="npm is not installed")
+def test_a_wheel_built_without_npm_fetches_the_client_from_its_own_npm_files(wheel, tmp_path):
+    """The wheel's page without its client, as a build without npm makes it: fetched at start."""
+    with zipfile.ZipFile(wheel) as archive:
+        for name in archive.namelist():
+            if name.startswith("audioserver/web/") and not name.endswith(SOCKETIO_CLIENT):
+                archive.extract(name, tmp_path)
+    client = SocketIOClient(
+        root=tmp_path / "audioserver" / "web", cache=tmp_path / "cache", npm="npm"
+    )
+    client.start()
+    fetched = client.path()
+    assert fetched is not None and fetched.is_relative_to(tmp_path / "cache")
+    assert fetched.read_bytes() == zipfile.ZipFile(wheel).read(
+        f"audioserver/web/static/{SOCKETIO_CLIENT}"
+    )
 
 
 def test_both_commands_answer_help(venv, tmp_path):
