@@ -17,13 +17,15 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     from flask import Flask
     from flask_socketio import SocketIO
 
-    from . import config, errors, routes, security
+    from . import config, errors, page, routes, security
     from .audio.ffmpeg import configure_pydub, find_ffmpeg
     from .events import SocketBroadcaster, register_handlers
     from .metrics import Metrics
     from .tasks import TaskEngine
 
-    app = Flask(__name__)
+    # The page's folders are at the top level of a checkout, or in the installed package.
+    root = page.page_root()
+    app = Flask(__name__, template_folder=root / "templates", static_folder=root / "static")
     app.config.from_mapping(config.defaults())
     app.config.update(config.from_environment())
     if test_config:
@@ -69,4 +71,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     errors.init_app(app)
     register_handlers(socketio, engine)
     app.register_blueprint(routes.bp)
+    page.init_app(
+        app, page.SocketIOClient(root=root, cache=page.cache_dir(), npm=app.config["NPM"])
+    )
     return app

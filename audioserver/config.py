@@ -135,6 +135,13 @@ SETTINGS: tuple[Setting, ...] = (
         type=str,
         help="ffmpeg binary (default: ffmpeg on PATH, else the imageio-ffmpeg one)",
     ),
+    Setting(
+        name="NPM",
+        default="npm",
+        type=str,
+        help="npm, to fetch the page's Socket.IO client at first start when neither "
+        "static/vendor nor the cache has it (none: never run npm)",
+    ),
     Setting(name="LOG_LEVEL", default="INFO", type=str, help="DEBUG, INFO, WARNING or ERROR"),
 )
 
