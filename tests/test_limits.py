@@ -1,12 +1,16 @@
-"""What one upload may cost: the decoded size is bounded (decompression bombs)."""
+"""What one upload may cost: decoded size (decompression bombs), pre-roll per chunk."""
 
 from __future__ import annotations
 
+import math
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
 from helpers import music, write_wav
+
+from audioserver.audio.steps import Block, Step
 
 RATE = 8000
 LIMIT = RATE * 2 * 3  # 3 s of 8 kHz stereo
@@ -82,3 +86,52 @@ def test_a_wav_header_claiming_2_ghz_is_refused_with_the_range(make_app, tmp_pat
     response = upload(make_app().test_client(), path)
     assert response.status_code == 415, response.get_json()
     assert "sample rate" in response.get_json()["message"]
+
+
+class LongMemory(Step):
+    """A test step with 10 s of memory (pre-roll) that counts the frames it processes."""
+
+    name = "test_long_memory"
+    description = "remembers 10 s, counts frames"
+    kind = "stateful"
+    frames = 0
+    lock = threading.Lock()
+
+    def pre_roll(self) -> int:
+        return 10 * self.sample_rate
+
+    def process(self, block: Block) -> Block:
+        with LongMemory.lock:
+            LongMemory.frames += len(block.samples)
+        return block
+
+
+Step.registry.pop(LongMemory.name)
+
+
+@pytest.fixture
+def long_memory():
+    Step.registry[LongMemory.name] = LongMemory
+    LongMemory.frames = 0
+    yield
+    Step.registry.pop(LongMemory.name)
+
+
+@pytest.mark.parametrize("chunk_seconds", [0.25, 2.0, 30.0])
+def test_long_pre_roll_does_not_scale_with_the_number_of_chunks(
+    make_app, tmp_path, long_memory, chunk_seconds
+):
+    app = make_app()
+    path = write_wav(tmp_path / "a.wav", music(30.0, rate=RATE, channels=1), RATE)
+    response = upload(
+        app.test_client(), path, pipeline="test_long_memory", chunk_seconds=str(chunk_seconds)
+    )
+    engine = app.extensions["audio_engine"]
+    task = engine.get(response.get_json()["task_id"])
+    assert task.retired.wait(60)
+    described = engine.describe(task)
+    assert described["status"] == "completed"
+    assert described["chunks_done"] == math.ceil(30.0 / chunk_seconds)  # chunks as asked
+    # One job per chunk would process 10 s of pre-roll per chunk (1,230 s for 0.25 s
+    # chunks); jobs of several chunks process at most about twice the audio.
+    assert LongMemory.frames <= 2 * 30 * RATE + 10 * RATE

@@ -162,6 +162,17 @@ class Stage:
         """Frames of input per chunk: seconds long, rounded to the stage's alignment."""
         return max(1, round(seconds * self.input_rate / self.alignment)) * self.alignment
 
+    def chunks_per_job(self, chunk_frames: int) -> int:
+        """Chunks processed together in one job, so that pre-roll costs at most what they do.
+
+        A job processes its chunks' frames plus the stage's pre-roll and
+        look-ahead; with a long pre-roll (a slow compressor release, a steep
+        low filter) and short chunks, one job per chunk would process the same
+        pre-roll over and over. Jobs of several chunks keep the work per
+        second of audio at most twice the chunks' own, however short they are.
+        """
+        return max(1, -(-(self.pre_roll + self.post_roll) // chunk_frames))
+
     def run(self, block: Block) -> Block:
         """Process one chunk; return its output with only the pre-roll the meter needs."""
         for step in self.steps:
