@@ -46,6 +46,7 @@ from .errors import (
     AudioServerError,
     BadRequest,
     DecodeError,
+    ParameterError,
     PayloadTooLarge,
     TaskConflict,
     TaskNotFound,
@@ -61,6 +62,9 @@ UPLOAD_NAME = "upload"
 TRUNCATED_FRACTION = 0.9  # decoded audio shorter than this part of the announced length
 TASK_FOLDER = re.compile(r"[0-9a-f]{32}")  # uuid4 hex: the only folders the engine owns
 RESULT_WAIT_SECONDS = 60.0
+# CPU nanoseconds per output sample of the per-chunk analysis (levels, waveform,
+# spectrum, loudness and true peak, 16-bit PCM), for the cost estimate.
+ANALYSIS_COST_NS = 60.0
 # Sample rates the server takes: loudness (BS.1770's K-weighting) needs a band up to a
 # few kHz, and 768 kHz is the highest rate any audio format in use has.
 MIN_SAMPLE_RATE = 4000
@@ -143,6 +147,7 @@ class TaskEngine:
         chunk_window: int = 0,
         max_audio_seconds: float = 4 * 3600.0,
         max_audio_samples: int = 4 * 3600 * 48000 * 2,
+        max_pipeline_cost: float = 1.0,
         stall_seconds: float = 30.0,
         client_backlog: int = 16,
         result_ttl_seconds: float = 24 * 3600.0,
@@ -160,6 +165,7 @@ class TaskEngine:
         self.chunk_window = chunk_window or max(2, 2 * workers)
         self.max_audio_seconds = max_audio_seconds
         self.max_audio_samples = max_audio_samples
+        self.max_pipeline_cost = max_pipeline_cost
         self.stall_seconds = stall_seconds
         self.client_backlog = client_backlog
         self.broadcaster: Broadcaster = broadcaster or NullBroadcaster()
@@ -403,6 +409,7 @@ class TaskEngine:
             stages = options.pipeline.plan(
                 info.sample_rate, info.channels, output_pre_roll=OutputMeter.pre_roll
             )
+            self._check_cost(stages, options.chunk_seconds, info)
             task = Task(
                 task_id=task_id,
                 filename=filename,
@@ -417,6 +424,27 @@ class TaskEngine:
             raise
         task.decoder = decoder
         return task
+
+    def _check_cost(self, stages: list[Stage], chunk_seconds: float, info: AudioInfo) -> None:
+        """Refuse a pipeline whose estimated CPU cost per second of audio is over the budget."""
+        costs = [
+            item for stage in stages for item in stage.step_costs(stage.chunk_frames(chunk_seconds))
+        ]
+        last = stages[-1]
+        analysis = ANALYSIS_COST_NS * last.output_rate * last.output_channels * 1e-9
+        total = sum(cost for _, cost in costs) + analysis
+        if total <= self.max_pipeline_cost:
+            return
+        costliest = sorted(costs, key=lambda item: -item[1])[:3]
+        named = ", ".join(f"{step.name} {cost:.2f}" for step, cost in costliest)
+        whole = f" (about {total * info.duration:,.0f} s for this file)" if info.duration else ""
+        raise ParameterError(
+            f"This pipeline would take about {total:.2f} CPU seconds per second of audio at "
+            f"{info.sample_rate} Hz, {info.channels} channels and {chunk_seconds:g} s chunks"
+            f"{whole}; the server allows {self.max_pipeline_cost:g}. The costliest steps "
+            f"(CPU s per s): {named}. Use fewer or cheaper steps, or a lower resample rate.",
+            code="pipeline_too_costly",
+        )
 
     def _too_much_audio(self, info: AudioInfo) -> str:
         limit = self.max_audio_samples

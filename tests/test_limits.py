@@ -135,3 +135,56 @@ def test_long_pre_roll_does_not_scale_with_the_number_of_chunks(
     # One job per chunk would process 10 s of pre-roll per chunk (1,230 s for 0.25 s
     # chunks); jobs of several chunks process at most about twice the audio.
     assert LongMemory.frames <= 2 * 30 * RATE + 10 * RATE
+
+
+AMPLIFIERS = [
+    ",".join(["resample=rate=192000", "resample=rate=8000"] * 16),
+    "resample=rate=192000," + ",".join(["highpass=freq=10:order=8"] * 31),
+]
+
+
+@pytest.mark.parametrize("pipeline", AMPLIFIERS)
+def test_a_pipeline_over_the_cpu_budget_is_refused_with_what_it_would_cost(
+    make_app, tmp_path, pipeline
+):
+    app = make_app()
+    path = write_wav(tmp_path / "clip.wav", music(2.5, rate=44100), 44100)  # < 500 kB
+    response = upload(app.test_client(), path, pipeline=pipeline, chunk_seconds="0.25")
+    assert response.status_code == 400
+    body = response.get_json()
+    assert body["error"] == "pipeline_too_costly"
+    assert "CPU seconds per second of audio" in body["message"]
+    assert "the server allows 1" in body["message"] and "resample" in body["message"]
+    data = Path(app.config["DATA_DIR"])
+    assert [p.name for p in data.iterdir()] == ["uploads"]
+
+
+def test_the_cpu_budget_is_a_setting(make_app, tmp_path):
+    path = write_wav(tmp_path / "clip.wav", music(1.0, rate=44100), 44100)
+    strict = make_app(MAX_PIPELINE_COST=0.01).test_client()
+    response = upload(strict, path, pipeline="highpass=freq=80,compressor,loudness")
+    assert response.status_code == 400
+    assert "compressor" in response.get_json()["message"]
+    assert upload(strict, path, pipeline="gain=db=-1").status_code == 202
+
+
+def test_a_short_clip_completes_while_two_heavy_tasks_run(make_app, tmp_path):
+    app = make_app(WORKERS=2)
+    client = app.test_client()
+    engine = app.extensions["audio_engine"]
+    heavy_input = write_wav(tmp_path / "long.wav", music(30.0, rate=8000, channels=1), 8000)
+    heavy = "resample=rate=192000,compressor,highpass=freq=80:order=8,loudness"
+    heavies = []
+    for _ in range(2):
+        response = upload(client, heavy_input, pipeline=heavy, chunk_seconds="0.25")
+        assert response.status_code == 202, response.get_json()
+        heavies.append(engine.get(response.get_json()["task_id"]))
+    clip = write_wav(tmp_path / "clip.wav", music(30.0, rate=8000, channels=1), 8000)
+    response = upload(client, clip, pipeline="highpass=freq=80,normalize")
+    task = engine.get(response.get_json()["task_id"])
+    assert task.retired.wait(120)
+    assert engine.describe(task)["status"] == "completed"
+    # The clip got its share of the pool: it is done while both heavy tasks still run.
+    assert [engine.describe(other)["status"] for other in heavies] == ["processing"] * 2
+    for other in heavies:
+        engine.stop(other.id)
