@@ -17,13 +17,15 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     from flask import Flask
     from flask_socketio import SocketIO
 
-    from . import config, errors, events, jsonio, routes, security
+    from . import config, errors, events, jsonio, page, routes, security
     from .audio.ffmpeg import configure_pydub, find_ffmpeg
     from .events import SocketBroadcaster, register_handlers
     from .metrics import Metrics
     from .tasks import TaskEngine
 
-    app = Flask(__name__)
+    # The page's folders are at the top level of a checkout, or in the installed package.
+    root = page.page_root()
+    app = Flask(__name__, template_folder=root / "templates", static_folder=root / "static")
     app.config.from_mapping(config.defaults())
     app.config.update(config.from_environment())
     if test_config:
@@ -60,6 +62,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         max_queued=app.config["MAX_QUEUED_TASKS"],
         chunk_window=app.config["CHUNK_WINDOW"],
         max_audio_seconds=app.config["MAX_AUDIO_SECONDS"],
+        max_audio_samples=app.config["MAX_AUDIO_SAMPLES"],
+        max_pipeline_cost=app.config["MAX_PIPELINE_COST"],
         stall_seconds=app.config["DECODE_STALL_SECONDS"],
         client_backlog=app.config["CLIENT_BACKLOG"],
         result_ttl_seconds=app.config["RESULT_TTL_HOURS"] * 3600,
@@ -74,4 +78,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     errors.init_app(app)
     register_handlers(socketio, engine)
     app.register_blueprint(routes.bp)
+    page.init_app(
+        app, page.SocketIOClient(root=root, cache=page.cache_dir(), npm=app.config["NPM"])
+    )
     return app

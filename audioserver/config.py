@@ -96,6 +96,20 @@ SETTINGS: tuple[Setting, ...] = (
         help="longest audio accepted, in seconds (decoding stops there)",
     ),
     Setting(
+        name="MAX_AUDIO_SAMPLES",
+        default=4 * 3600 * 48000 * 2,
+        type=int,
+        help="most decoded samples (frames x channels) one upload may hold: 4 h of 48 kHz stereo "
+        "(more, by the header: 413 at upload; while decoding: the task fails)",
+    ),
+    Setting(
+        name="MAX_PIPELINE_COST",
+        default=1.0,
+        type=float,
+        help="most estimated CPU seconds a pipeline may take per second of audio (more: 400 "
+        "pipeline_too_costly, naming the costliest steps)",
+    ),
+    Setting(
         name="DECODE_STALL_SECONDS",
         default=30.0,
         type=float,
@@ -136,6 +150,13 @@ SETTINGS: tuple[Setting, ...] = (
         default="",
         type=str,
         help="ffmpeg binary (default: ffmpeg on PATH, else the imageio-ffmpeg one)",
+    ),
+    Setting(
+        name="NPM",
+        default="npm",
+        type=str,
+        help="npm, to fetch the page's Socket.IO client at first start when neither "
+        "static/vendor nor the cache has it (none: never run npm)",
     ),
     Setting(name="LOG_LEVEL", default="INFO", type=str, help="DEBUG, INFO, WARNING or ERROR"),
 )

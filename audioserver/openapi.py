@@ -461,7 +461,7 @@ def _paths() -> dict[str, Any]:
                         "name": "filename",
                         "in": "path",
                         "required": True,
-                        "description": "a file under the package's static folder (may hold /)",
+                        "description": "a file under the static folder (may hold /)",
                         "schema": {"type": "string"},
                         "example": "style.css",
                     }

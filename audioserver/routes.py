@@ -214,7 +214,8 @@ def task_result(task_id: str):
     engine = _engine()
     task = engine.get(task_id)
     path = engine.result(task)
-    spec = FORMATS[task.options.format]
+    # The WAV stands in when encoding the chosen format failed (the task JSON warns).
+    spec = FORMATS["wav"] if path == task.store.path else FORMATS[task.options.format]
     response = send_file(path, mimetype=spec.mime_type, conditional=True, max_age=0)
     stem = PurePath(task.filename).stem or "audio"
     response.headers["Content-Disposition"] = attachment(f"{stem}_processed.{spec.extension}")

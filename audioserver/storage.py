@@ -7,12 +7,14 @@ Each task owns ``<DATA_DIR>/<task_id>/``::
     result.wav      the emitted audio: the result file, and the replay store
     result.<ext>    the result in another format, when one was asked for
     chunks.jsonl    one line of analysis (levels, waveform, spectrum) per emitted chunk
-    task.json       the finished task (written last: a folder without it is unfinished)
+    task.json       the task as last saved (accepted, started, ended)
 
 Replaying a chunk reads its line and its PCM back from disk, so a long task
-keeps only a few integers per chunk in memory. After a restart, finished
-tasks are read back from their folders; unfinished ones are what a crash
-left behind, and are deleted.
+keeps only a few integers per chunk in memory. task.json is written when a
+task is accepted, when it starts and when it ends; after a restart, finished
+tasks are read back from their folders, and those a crash interrupted are
+kept as failed with the chunks they had emitted (``ChunkStore.recover``).
+A folder without task.json is half-created, and is deleted.
 """
 
 from __future__ import annotations
@@ -54,6 +56,23 @@ class ChunkStore:
             self._index.append((self._meta_bytes, len(line) + 1, pcm_offset, pcm_length))
             self._meta_bytes += len(line) + 1
             pcm_offset += pcm_length
+
+    def recover(self) -> None:
+        """After a crash: keep the chunks whose analysis and PCM are both whole, drop the rest.
+
+        A chunk's analysis line is written before its PCM, so the last line may
+        name PCM that never reached the file; the files are cut to match.
+        """
+        whole = 0
+        while whole < len(self._index):
+            _, _, pcm_offset, pcm_length = self._index[whole]
+            if pcm_offset + pcm_length > self.wav.data_bytes:
+                break
+            whole += 1
+        del self._index[whole:]
+        self._meta_bytes = sum(entry[1] for entry in self._index)
+        os.ftruncate(self._meta_fd, self._meta_bytes)
+        self.wav.truncate(sum(entry[3] for entry in self._index))
 
     def __len__(self) -> int:
         return len(self._index)

@@ -36,7 +36,7 @@ from threadpoolctl import threadpool_limits
 
 from .audio import analysis
 from .audio.chunking import Chunk, Spool, decoded_chunks, spooled_chunks
-from .audio.decode import Decoder
+from .audio.decode import AudioInfo, Decoder
 from .audio.encoders import FORMATS, EncodeError, StreamEncoder
 from .audio.meter import OutputMeter
 from .audio.pipeline import Stage
@@ -46,6 +46,8 @@ from .errors import (
     AudioServerError,
     BadRequest,
     DecodeError,
+    ParameterError,
+    PayloadTooLarge,
     TaskConflict,
     TaskNotFound,
 )
@@ -60,6 +62,13 @@ UPLOAD_NAME = "upload"
 TRUNCATED_FRACTION = 0.9  # decoded audio shorter than this part of the announced length
 TASK_FOLDER = re.compile(r"[0-9a-f]{32}")  # uuid4 hex: the only folders the engine owns
 RESULT_WAIT_SECONDS = 60.0
+# CPU nanoseconds per output sample of the per-chunk analysis (levels, waveform,
+# spectrum, loudness and true peak, 16-bit PCM), for the cost estimate.
+ANALYSIS_COST_NS = 60.0
+# Sample rates the server takes: loudness (BS.1770's K-weighting) needs a band up to a
+# few kHz, and 768 kHz is the highest rate any audio format in use has.
+MIN_SAMPLE_RATE = 4000
+MAX_SAMPLE_RATE = 768_000
 
 
 class Broadcaster(Protocol):
@@ -137,6 +146,8 @@ class TaskEngine:
         max_queued: int = 32,
         chunk_window: int = 0,
         max_audio_seconds: float = 4 * 3600.0,
+        max_audio_samples: int = 4 * 3600 * 48000 * 2,
+        max_pipeline_cost: float = 1.0,
         stall_seconds: float = 30.0,
         client_backlog: int = 16,
         result_ttl_seconds: float = 24 * 3600.0,
@@ -153,6 +164,8 @@ class TaskEngine:
         self.max_queued = max_queued
         self.chunk_window = chunk_window or max(2, 2 * workers)
         self.max_audio_seconds = max_audio_seconds
+        self.max_audio_samples = max_audio_samples
+        self.max_pipeline_cost = max_pipeline_cost
         self.stall_seconds = stall_seconds
         self.client_backlog = client_backlog
         self.broadcaster: Broadcaster = broadcaster or NullBroadcaster()
@@ -168,6 +181,7 @@ class TaskEngine:
         self._tasks: dict[str, Task] = {}
         self._queue: deque[Task] = deque()
         self._active: set[str] = set()
+        self._deleting: set[Task] = set()  # deleted, their folders not yet removed
         self._closed = False
         self.result_ttl_seconds = result_ttl_seconds
         self.max_data_bytes = max_data_bytes
@@ -185,7 +199,7 @@ class TaskEngine:
         """Take back the finished tasks of an earlier run; delete what a crash left half-written."""
         for part in (self.data_dir / "uploads").glob("*.part"):
             part.unlink(missing_ok=True)
-        restored, removed = 0, 0
+        restored, removed, interrupted = 0, 0, 0
         for folder in sorted(self.data_dir.iterdir()):
             if not (folder.is_dir() and TASK_FOLDER.fullmatch(folder.name)):
                 continue  # not ours: leave it alone
@@ -204,10 +218,52 @@ class TaskEngine:
             for leftover in (UPLOAD_NAME, "spool-*.f32", "*.part"):
                 for path in folder.glob(leftover):
                     path.unlink(missing_ok=True)
+            if task.status not in TERMINAL:
+                self._fail_interrupted(task)
+                interrupted += 1
             self._tasks[task.id] = task
             restored += 1
         if restored or removed:
-            logger.info("restored %d finished tasks; removed %d unfinished", restored, removed)
+            logger.info(
+                "restored %d tasks (%d interrupted by the last stop: failed, partial results "
+                "kept); removed %d half-created",
+                restored, interrupted, removed,
+            )  # fmt: skip
+
+    def _fail_interrupted(self, task: Task) -> None:
+        """Keep a task that a crash (kill -9, power loss) interrupted: failed, with its chunks."""
+        was = task.status
+        task.store.recover()
+        task.next_index = task.chunks_final = len(task.store)
+        task.output_frames = task.store.wav.data_bytes // (2 * task.stages[-1].output_channels)
+        for path in task.folder.glob("result.*"):
+            if path != task.store.path:
+                path.unlink(missing_ok=True)  # an encoding that never finished
+        if task.next_index:
+            task.result_path = task.store.path
+            kept = (
+                f"the {task.next_index} chunks it had emitted are its partial result "
+                f"(GET /tasks/{task.id}/result, as WAV)"
+            )
+        else:
+            kept = "it had emitted nothing"
+        message = (
+            f"The server stopped while this task was {was} (a crash or a kill); {kept}. "
+            "Upload the file again to process all of it."
+        )
+        task.status = Status.FAILED
+        task.finished_at = now()
+        task.error = {"error": "server_restarted", "message": message}
+        task.terminal = ("processing_error", {**self._terminal_core(task, Status.FAILED),
+                                              **task.error})  # fmt: skip
+        save_snapshot(task.folder, task.snapshot(workers=self.workers))
+        task.log.warning("interrupted by the last stop of the server: now failed; %s", kept)
+
+    def _save_unfinished(self, task: Task) -> None:
+        """Write task.json of a task that has not ended, so a crash cannot make it vanish."""
+        with task.lock:
+            if task.status not in TERMINAL and not task.deleted:
+                save_snapshot(task.folder, task.snapshot(workers=self.workers))
 
     def sweep(self, *, moment: datetime | None = None) -> list[str]:
         """Delete results past their time to live, then the oldest while over the size cap."""
@@ -336,6 +392,15 @@ class TaskEngine:
         decoder = self.open_decoder(folder / UPLOAD_NAME)
         try:
             info = decoder.info
+            if not MIN_SAMPLE_RATE <= info.sample_rate <= MAX_SAMPLE_RATE:
+                raise DecodeError(
+                    f"The audio's sample rate is {info.sample_rate} Hz; the server takes "
+                    f"{MIN_SAMPLE_RATE} to {MAX_SAMPLE_RATE} Hz. Resample the file first "
+                    "(for example: ffmpeg -i in.wav -ar 48000 out.wav)."
+                )
+            announced = (info.duration or 0) * info.sample_rate * info.channels
+            if announced > self.max_audio_samples:
+                raise PayloadTooLarge(self._too_much_audio(info), code="too_much_audio")
             if info.duration is not None and info.duration > self.max_audio_seconds:
                 raise DecodeError(
                     f"The audio lasts {info.duration:.0f} s; the server takes at most "
@@ -344,6 +409,7 @@ class TaskEngine:
             stages = options.pipeline.plan(
                 info.sample_rate, info.channels, output_pre_roll=OutputMeter.pre_roll
             )
+            self._check_cost(stages, options.chunk_seconds, info)
             task = Task(
                 task_id=task_id,
                 filename=filename,
@@ -359,8 +425,51 @@ class TaskEngine:
         task.decoder = decoder
         return task
 
+    def _check_cost(self, stages: list[Stage], chunk_seconds: float, info: AudioInfo) -> None:
+        """Refuse a pipeline whose estimated CPU cost per second of audio is over the budget."""
+        costs = [
+            item for stage in stages for item in stage.step_costs(stage.chunk_frames(chunk_seconds))
+        ]
+        last = stages[-1]
+        analysis = ANALYSIS_COST_NS * last.output_rate * last.output_channels * 1e-9
+        total = sum(cost for _, cost in costs) + analysis
+        if total <= self.max_pipeline_cost:
+            return
+        costliest = sorted(costs, key=lambda item: -item[1])[:3]
+        named = ", ".join(f"{step.name} {cost:.2f}" for step, cost in costliest)
+        whole = f" (about {total * info.duration:,.0f} s for this file)" if info.duration else ""
+        raise ParameterError(
+            f"This pipeline would take about {total:.2f} CPU seconds per second of audio at "
+            f"{info.sample_rate} Hz, {info.channels} channels and {chunk_seconds:g} s chunks"
+            f"{whole}; the server allows {self.max_pipeline_cost:g}. The costliest steps "
+            f"(CPU s per s): {named}. Use fewer or cheaper steps, or a lower resample rate.",
+            code="pipeline_too_costly",
+        )
+
+    def _too_much_audio(self, info: AudioInfo) -> str:
+        limit = self.max_audio_samples
+        hours = limit / (48000 * 2 * 3600)
+        seconds = limit / (info.sample_rate * info.channels)
+        return (
+            f"The audio holds more than {limit:,} samples ({hours:g} h of 48 kHz stereo; "
+            f"{seconds:,.0f} s at this file's {info.sample_rate} Hz and {info.channels} "
+            "channels), the most one upload may decode to. Split the file, or lower its "
+            "sample rate or channel count first."
+        )
+
+    def _bounded(self, task: Task, source: Iterator[Chunk]) -> Iterator[Chunk]:
+        """Pass the decoded chunks on, failing the task once they exceed max_audio_samples."""
+        decoder, info = task.decoder, task.info
+        limit = self.max_audio_samples // info.channels
+        for chunk in source:
+            if decoder is not None and decoder.frames_read > limit:
+                decoder.kill()
+                raise PayloadTooLarge(self._too_much_audio(info), code="too_much_audio")
+            yield chunk
+
     def _enqueue(self, task: Task) -> None:
         idle: Decoder | None = None
+        self._save_unfinished(task)  # before any other thread can see the task
         with self._lock:
             try:
                 self._check_capacity_locked()
@@ -412,22 +521,42 @@ class TaskEngine:
     def _run(self, task: Task) -> None:
         task.log.info("started")
         try:
+            self._save_unfinished(task)
             if task.decoder is None:
                 task.decoder = self.open_decoder(task.folder / UPLOAD_NAME)
             self._start_encoder(task)
             if self._run_stages(task):
-                if task.encoder is not None:
-                    task.result_path = task.encoder.finish()
+                self._finish_encoding(task)
                 self._complete(task)
         except DecodeError as error:
             self._fail(task, "decode_failed", error.message)
-        except EncodeError as error:
-            self._fail(task, "encode_failed", f"Encoding the result failed: {error}")
+        except AudioServerError as error:  # a limit crossed while decoding
+            self._fail(task, error.code, error.message)
         except Exception as error:  # a bug or a failing step: this task fails, the pool goes on
             task.log.exception("processing failed")
             self._fail(task, "processing_failed", f"Processing failed: {error}")
         finally:
             self._retire(task)
+
+    def _finish_encoding(self, task: Task) -> None:
+        """End the encoding of the result; if it fails, the WAV is the result, with a warning."""
+        if task.encoder is None:
+            return
+        try:
+            task.result_path = task.encoder.finish()
+        except EncodeError as error:
+            task.result_path = task.store.path
+            self._warn_encode_failed(task, error)
+
+    def _warn_encode_failed(self, task: Task, error: EncodeError) -> None:
+        fmt = task.options.format
+        message = (
+            f"{error}. The result is the 16-bit WAV instead (all of the processed audio); "
+            f"convert it yourself, or process the file again with format={fmt}."
+        )
+        with task.lock:
+            task.warnings.append({"warning": "encode_failed", "format": fmt, "message": message})
+        task.log.warning("%s", message)
 
     def _start_encoder(self, task: Task) -> None:
         """Start encoding the result as it grows, for formats other than WAV."""
@@ -447,11 +576,14 @@ class TaskEngine:
     def _run_stages(self, task: Task) -> bool:
         """Run every stage; return True if the task ran to the end."""
         first = task.stages[0]
-        source: Iterator[Chunk] = decoded_chunks(
-            task.decoder,
-            chunk_frames=task.chunk_frames(0),
-            pre_roll=first.pre_roll,
-            post_roll=first.post_roll,
+        source: Iterator[Chunk] = self._bounded(
+            task,
+            decoded_chunks(
+                task.decoder,
+                chunk_frames=task.job_frames(0),
+                pre_roll=first.pre_roll,
+                post_roll=first.post_roll,
+            ),
         )
         spool: Spool | None = None
         try:
@@ -465,7 +597,7 @@ class TaskEngine:
                         sample_rate=stage.output_rate,
                     )
                 measurements: dict[int, Any] = {}
-                count = self._map_stage(task, stage, source, spool, measurements, last=last)
+                count = self._map_stage(task, number, source, spool, measurements)
                 if previous is not None:
                     previous.close()
                 if count is None:
@@ -476,7 +608,7 @@ class TaskEngine:
                     following = task.stages[number + 1]
                     source = spooled_chunks(
                         spool,
-                        chunk_frames=task.chunk_frames(number + 1),
+                        chunk_frames=task.job_frames(number + 1),
                         pre_roll=following.pre_roll,
                         post_roll=following.post_roll,
                     )
@@ -489,34 +621,35 @@ class TaskEngine:
     def _map_stage(
         self,
         task: Task,
-        stage: Stage,
+        number: int,
         source: Iterator[Chunk],
         spool: Spool | None,
         measurements: dict[int, Any],
-        *,
-        last: bool,
     ) -> int | None:
-        """Submit every chunk of a stage and wait for all; return the count, None if stopped."""
-        count = 0
-        for chunk in source:
+        """Submit every job of a stage and wait for all; return their count, None if stopped."""
+        stage = task.stages[number]
+        chunk_frames = task.chunk_frames(number)
+        jobs = chunks = 0
+        for job in source:
             if not task.window.acquire():
                 return None
             task.jobs.add()
-            self._pool.submit(self._process, task, stage, chunk, spool, measurements)
-            count += 1
-        self._source_ended(task, stage, count, last=last)
+            self._pool.submit(self._process, task, stage, job, spool, measurements, chunk_frames)
+            jobs += 1
+            chunks += -(-len(job.block.body) // chunk_frames)
+        self._source_ended(task, stage, chunks, last=spool is None)
         if not task.window.drain():
             return None
-        return count
+        return jobs
 
-    def _source_ended(self, task: Task, stage: Stage, count: int, *, last: bool) -> None:
+    def _source_ended(self, task: Task, stage: Stage, chunks: int, *, last: bool) -> None:
         """Record what the end of a stage's input tells: the exact duration, the chunk count."""
         with task.lock:
             if stage is task.stages[0]:
                 task.duration = task.decoder.frames_read / task.info.sample_rate
                 self._check_length(task)
             if last:
-                task.chunks_final = count
+                task.chunks_final = chunks
 
     def _check_length(self, task: Task) -> None:
         """Warn when the audio ended well before its header said (a truncated file)."""
@@ -536,8 +669,9 @@ class TaskEngine:
         chunk: Chunk,
         spool: Spool | None,
         measurements: dict[int, Any],
+        chunk_frames: int,
     ) -> None:
-        """Process one chunk in a worker thread."""
+        """Process one job (one or more consecutive chunks, see Stage.chunks_per_job)."""
         try:
             if task.stopping.is_set():
                 task.window.release()  # dropped: a stopped task never holds a worker
@@ -545,17 +679,31 @@ class TaskEngine:
             started = time.perf_counter()
             source = chunk.block
             block = stage.run(replace(source, samples=source.samples.astype(np.float64)))
+            if task.stopping.is_set():
+                # Stopped while this chunk ran: drop it here, before any analysis,
+                # encoding or storing (the stop flag is the worker's to check).
+                task.window.release()
+                return
             if spool is not None:
                 measurements[chunk.index] = stage.boundary.measure(block)
                 spool.write(block.body_start, block.body)
                 self.observer.chunk_processed(time.perf_counter() - started)
                 with task.lock:
-                    task.work_done += 1
+                    task.work_done += -(-len(source.body) // chunk_frames)
                 task.window.release()
             else:
-                output = self._finish_chunk(task, chunk.index, block, started)
-                self.observer.chunk_processed(time.perf_counter() - started)
-                self._deliver(task, chunk.index, output)
+                first = chunk.index * stage.chunks_per_job(chunk_frames)
+                parts = list(_split(block, chunk_frames * stage.output_rate // stage.input_rate))
+                share = (time.perf_counter() - started) / len(parts)  # of the steps' time
+                outputs = []
+                for number, part in enumerate(parts):
+                    output = self._finish_chunk(
+                        task, first + number, part, time.perf_counter() - share
+                    )
+                    self.observer.chunk_processed(output.meta["processing_ms"] / 1000)
+                    # The job's window slot is freed with its last chunk.
+                    outputs.append(replace(output, ends_job=number == len(parts) - 1))
+                self._deliver(task, outputs)
         except Exception as error:
             task.log.exception("chunk %d failed", chunk.index)
             self._fail(task, "processing_failed", f"Chunk {chunk.index} failed: {error}")
@@ -591,13 +739,14 @@ class TaskEngine:
         event = self.broadcaster.prepare("audio_chunk", self._chunk_payload(task, meta, pcm))
         return ChunkOutput(meta, pcm, measure, event)
 
-    def _deliver(self, task: Task, index: int, output: ChunkOutput) -> None:
-        """Put a processed chunk in the reorder buffer, and emit every chunk now in order."""
+    def _deliver(self, task: Task, outputs: list[ChunkOutput]) -> None:
+        """Put a job's processed chunks in the reorder buffer, and emit every chunk now in order."""
         with task.lock:
             if task.status in TERMINAL:
                 task.window.release()
                 return
-            task.reorder[index] = output
+            for output in outputs:
+                task.reorder[output.meta["index"]] = output
             while task.next_index in task.reorder:
                 ready = task.reorder.pop(task.next_index)
                 task.store.append(ready.meta, ready.pcm)
@@ -613,7 +762,8 @@ class TaskEngine:
                 self._count_emitted(task, ready.meta, ready.pcm)
                 task.next_index += 1
                 task.work_done += 1
-                task.window.release()
+                if ready.ends_job:
+                    task.window.release()
 
     def _count_emitted(self, task: Task, meta: dict[str, Any], pcm: bytes) -> None:
         self.observer.chunk_emitted(
@@ -635,20 +785,30 @@ class TaskEngine:
     ) -> bool:
         """Move a task to a terminal status and send its terminal event; False if it had ended.
 
-        describe() builds the event's data under the task's lock, after the
-        last chunk: the counts it reports are final.
+        describe() builds the event's own fields under the task's lock, after
+        the last chunk: the counts it reports are final. If describe() itself
+        fails (a summary that cannot be computed, say), the task fails instead:
+        every task reaches exactly one terminal state, and says so.
         """
         with task.lock:
             if task.status in TERMINAL:
                 return False
-            task.status = status
             task.finished_at = now()
             task.stopping.set()
             task.reorder.clear()
-            task.store.finalize()
-            if task.encoder is None and status != Status.FAILED:
+            try:
+                task.store.finalize()
+                data = describe()
+            except Exception as error:
+                task.log.exception("ending the task as %s failed", status)
+                status, event = Status.FAILED, "processing_error"
+                task.summary = None
+                task.error = {"error": "processing_failed", "message": f"Finishing failed: {error}"}
+                data = dict(task.error)
+            task.status = status
+            if task.encoder is None and status != Status.FAILED and not task.deleted:
                 task.result_path = task.store.path
-            data = describe()
+            data = {**self._terminal_core(task, status), **data}
             task.terminal = (event, data)
             self.observer.task_ended(str(status))
             self.broadcaster.emit(event, data, to=task.room)
@@ -658,28 +818,45 @@ class TaskEngine:
         self._finished(task)
         return True
 
+    def _terminal_core(self, task: Task, status: Status) -> dict[str, Any]:
+        """The fields every terminal event carries, whatever the ending (called under the lock).
+
+        ``duration`` is the audio emitted (the result's length), ``summary`` and
+        ``result_url`` are null where the task has none.
+        """
+        has_result = (
+            status == Status.COMPLETED
+            or (status == Status.STOPPED and not task.deleted)
+            or task.result_path is not None  # a failed task that kept a partial result
+        )
+        return {
+            "task_id": task.id,
+            "status": str(status),
+            "chunks_emitted": task.next_index,
+            "duration": task.output_frames / task.stages[-1].output_rate,
+            "elapsed": round(task.elapsed, 3),
+            "summary": task.summary,
+            "result_url": f"/tasks/{task.id}/result" if has_result else None,
+            "warnings": task.warnings,
+        }
+
     def _complete(self, task: Task) -> None:
         def describe() -> dict[str, Any]:
             task.duration = task.output_frames / task.stages[-1].output_rate
             task.summary = self._summary(task)
             elapsed = task.elapsed
             return {
-                "task_id": task.id,
                 "chunks": task.next_index,
-                "duration": task.duration,
-                "elapsed": round(elapsed, 3),
                 "realtime_factor": round(task.duration / elapsed, 2) if elapsed > 0 else None,
-                "summary": task.summary,
-                "warnings": task.warnings,
-                "result_url": f"/tasks/{task.id}/result",
             }
 
         if self._end(task, Status.COMPLETED, "processing_complete", describe):
-            data = task.terminal[1]
-            task.log.info(
-                "completed: %d chunks, %.1f s of audio in %.2f s (%sx realtime)",
-                data["chunks"], data["duration"], data["elapsed"], data["realtime_factor"],
-            )  # fmt: skip
+            event, data = task.terminal
+            if event == "processing_complete":
+                task.log.info(
+                    "completed: %d chunks, %.1f s of audio in %.2f s (%sx realtime)",
+                    data["chunks"], data["duration"], data["elapsed"], data["realtime_factor"],
+                )  # fmt: skip
 
     def _summary(self, task: Task) -> dict[str, Any]:
         summary = task.meter.summary(task.measures)
@@ -691,7 +868,7 @@ class TaskEngine:
     def _fail(self, task: Task, code: str, message: str) -> None:
         def describe() -> dict[str, Any]:
             task.error = {"error": code, "message": message}
-            return {"task_id": task.id, "error": code, "message": message}
+            return {"error": code, "message": message}
 
         if self._end(task, Status.FAILED, "processing_error", describe):
             task.log.warning("failed: %s", message)
@@ -710,9 +887,11 @@ class TaskEngine:
             )
 
         def describe() -> dict[str, Any]:
-            if task.next_index:  # the summary (its duration too) of what was emitted
+            if reason == "deleted":
+                task.deleted = True  # no result to point at: the files go with the task
+            elif task.next_index:  # the summary (its duration too) of what was emitted
                 task.summary = self._summary(task)
-            return {"task_id": task.id, "chunks_emitted": task.next_index, "reason": reason}
+            return {"reason": reason}
 
         if self._end(task, Status.STOPPED, "processing_stopped", describe):
             task.log.info("stopped (%s) after %d chunks", reason, task.next_index)
@@ -743,6 +922,8 @@ class TaskEngine:
                 save_snapshot(task.folder, task.snapshot(workers=self.workers))
         if deleted:
             remove_folder(task.folder)
+            with self._lock:
+                self._deleting.discard(task)
         task.retired.set()
 
     def _settle_encoder(self, task: Task) -> None:
@@ -755,8 +936,8 @@ class TaskEngine:
         try:
             task.result_path = task.encoder.finish()
         except EncodeError as error:
-            task.result_error = f"Encoding the partial result failed: {error}"
-            task.log.warning("%s", task.result_error)
+            task.result_path = task.store.path
+            self._warn_encode_failed(task, error)
 
     def result(self, task: Task) -> Path:
         """Return a finished task's result file, waiting for its encoding to end."""
@@ -768,7 +949,7 @@ class TaskEngine:
                 code="task_not_ready",
                 status=str(status),
             )
-        if status == Status.FAILED:
+        if status == Status.FAILED and task.result_path is None:
             raise TaskConflict(
                 "The task failed; it has no result.", code="task_failed", status=str(status)
             )
@@ -814,6 +995,9 @@ class TaskEngine:
             remove_now = task.runner_done or task.started_at is None
         if remove_now:
             remove_folder(task.folder)
+        else:
+            with self._lock:
+                self._deleting.add(task)  # its runner removes the folder when it ends
         task.log.info("deleted")
 
     def shutdown(self, *, timeout: float = 4.0) -> None:
@@ -829,9 +1013,13 @@ class TaskEngine:
         for task in running:
             with contextlib.suppress(AudioServerError):
                 self.stop(task.id, reason="shutdown")
+        with self._lock:
+            deleting = list(self._deleting)
         deadline = time.monotonic() + timeout
-        for task in running:
+        for task in [*running, *deleting]:
             task.retired.wait(max(0.0, deadline - time.monotonic()))
+        for task in deleting:
+            remove_folder(task.folder)  # even if its runner did not end in time
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     # -- subscribing ------------------------------------------------------------
@@ -916,3 +1104,25 @@ class TaskEngine:
                 self.broadcaster.send(self.broadcaster.prepare("audio_chunk", payload), to=sid)
                 self._count_emitted(task, meta, pcm)
             cursor += 1
+
+
+def _split(block: Block, frames: int) -> Iterator[Block]:
+    """Cut a job's output into its chunks of frames each, each with the pre-roll it carries.
+
+    Stage.run leaves a job's output with the pre-roll the output meter needs;
+    each chunk gets as much of what comes before it (that pre-roll, then the
+    chunks before it in the job).
+    """
+    keep = block.pre
+    body_end = len(block.samples) - block.post
+    for start in range(block.pre, body_end, frames):
+        end = min(start + frames, body_end)
+        first = max(0, start - keep)
+        yield Block(
+            block.samples[first:end],
+            block.sample_rate,
+            block.start + first,
+            start - first,
+            0,
+            block.final and end == body_end,
+        )

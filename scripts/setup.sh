@@ -14,7 +14,7 @@ if [ ! -x .venv/bin/python ]; then
     "$python" -m venv .venv
 fi
 stamp=".venv/.setup-stamp-$(basename "$requirements")"
-digest="$(cat requirements*.txt pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)"
+digest="$(cat requirements*.txt pyproject.toml setup.py scripts/setup.sh | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$digest" ]; then
     .venv/bin/python -m pip install --quiet --upgrade pip
     .venv/bin/python -m pip install --quiet -r "$requirements"
@@ -25,13 +25,13 @@ fi
 
 # The page's Socket.IO client comes from the npm registry (package-lock.json pins it)
 # and is served by the server itself: no CDN, nothing copied into the repository by hand.
-vendor=audioserver/static/vendor
+vendor=static/vendor
 if [ ! -f "$vendor/socket.io.min.js" ] || [ package-lock.json -nt "$vendor/socket.io.min.js" ]; then
     if command -v npm >/dev/null; then
         npm ci --no-audit --no-fund --loglevel=error
         mkdir -p "$vendor"
         cp node_modules/socket.io-client/dist/socket.io.min.js "$vendor/"
     else
-        echo "npm not found: the page will not have its Socket.IO client (install Node.js)" >&2
+        echo "npm not found: python app.py will serve the page without its Socket.IO client (it then polls over HTTP); install Node.js and run this again" >&2
     fi
 fi

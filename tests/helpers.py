@@ -272,6 +272,7 @@ class Recorder:
         self.rooms: dict[str, set[str]] = {}
         self.connected: set[str] = set()
         self.received: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+        self.prepared: list[tuple[str, dict[str, Any]]] = []  # every event a worker encoded
         self._condition = threading.Condition()
 
     def connect(self, sid: str) -> str:
@@ -288,6 +289,8 @@ class Recorder:
             self._condition.notify_all()
 
     def prepare(self, event: str, data: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        with self._condition:
+            self.prepared.append((event, data))
         return event, data
 
     def send(

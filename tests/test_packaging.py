@@ -1,67 +1,60 @@
-"""``pip install .`` into a fresh virtual environment gives working commands and a whole server.
+"""A wheel built from a fresh checkout, installed in a fresh virtual environment, is a whole server.
 
-The project is copied first (the files an install reads), because pip builds
-in the source folder (``build/``, ``*.egg-info``) and the checkout must stay
-clean. The commands then run from outside the checkout, so nothing can come
-from it: the templates and static files must be in the installed package.
+The wheel is built from a copy of the project as a clone has it (no
+static/vendor, no node_modules), the way ``pip install .`` builds one. The
+commands then run from outside the checkout, so nothing can come from it:
+the page's template, every static file and the Socket.IO client must be in
+the installed package. The installed server runs with npm switched off and
+an empty cache, so the Socket.IO client it serves can only be the wheel's.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
 import sys
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import requests
-from helpers import ServerProcess, music, write_wav
+from fresh import ENVIRONMENT, ROOT, ProgramServer, checkout, new_environment, pip_install
+from helpers import music, write_wav
 
-ROOT = Path(__file__).resolve().parent.parent
+from audioserver.page import NPM_FILES, SOCKETIO_CLIENT, SocketIOClient
 
 pytestmark = pytest.mark.slow
 
-# The fresh environment's modules are compiled when first imported (pip's --no-compile
-# would otherwise compile all of scipy); let the commands keep what they compile.
-ENVIRONMENT = {
-    name: value for name, value in os.environ.items() if name != "PYTHONDONTWRITEBYTECODE"
-}
-
-
-def copy_project(target: Path) -> Path:
-    """Copy what ``pip install .`` reads: pyproject.toml, README.md and the package."""
-    target.mkdir()
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy2(ROOT / name, target / name)
-    shutil.copytree(
-        ROOT / "audioserver",
-        target / "audioserver",
-        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.nbi", "*.nbc"),
-    )
-    return target
+PAGE_FILES = sorted(
+    path.relative_to(ROOT).as_posix()
+    for folder in ("templates", "static")
+    for path in (ROOT / folder).rglob("*")
+    if path.is_file() and "vendor" not in path.parts
+)
 
 
 @pytest.fixture(scope="module")
-def venv(tmp_path_factory) -> Path:
-    """A new virtual environment with the project installed (not editable) from a copy.
-
-    The test environment's pip installs into it (``--python``): seeding the new
-    one with its own pip, and compiling every module of scipy and numba to
-    bytecode ahead of time, would take three times as long.
-    """
-    root = tmp_path_factory.mktemp("packaging")
-    source = copy_project(root / "source")
-    environment = root / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", environment], check=True)
+def wheel(tmp_path_factory) -> Path:
+    """The wheel ``pip wheel`` builds from a fresh checkout (the checkout stays clean)."""
+    root = tmp_path_factory.mktemp("wheel")
+    source = checkout(root / "source")
+    assert not (source / "static" / SOCKETIO_CLIENT).exists()
     subprocess.run(
-        [sys.executable, "-m", "pip", "--python", environment / "bin" / "python", "install",
-         "--quiet", "--no-compile", source],
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir",
+         root / "dist", source],
         check=True, cwd=root, timeout=300,
     )  # fmt: skip
+    (built,) = (root / "dist").glob("audioserver-*.whl")
+    return built
+
+
+@pytest.fixture(scope="module")
+def venv(wheel, tmp_path_factory) -> Path:
+    """A new virtual environment with the wheel installed."""
+    environment = new_environment(tmp_path_factory.mktemp("packaging") / "venv")
+    pip_install(environment, wheel, cwd=wheel.parent)
     return environment
 
 
@@ -72,11 +65,40 @@ def run(command: list, *, cwd: Path, timeout: float = 60) -> subprocess.Complete
     )  # fmt: skip
 
 
-def test_the_package_and_its_data_are_installed(venv):
-    (package,) = venv.glob("lib/python3*/site-packages/audioserver")
-    for name in ("server.py", "client/cli.py", "templates/index.html", "static/style.css",
-                 "static/vendor/socket.io.min.js"):  # fmt: skip
-        assert (package / name).is_file(), name
+def test_the_page_is_at_the_top_level_of_the_repository():
+    for name in ("app.py", "templates/index.html", "static/app.js", "static/style.css",
+                 "requirements.txt", "tests", "README.md"):  # fmt: skip
+        assert (ROOT / name).exists(), name
+    assert not (ROOT / "audioserver" / "templates").exists()
+    assert not (ROOT / "audioserver" / "static").exists()
+
+
+def test_the_wheel_holds_the_page_its_npm_files_and_the_socketio_client(wheel):
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for name in [*PAGE_FILES, *NPM_FILES, f"static/{SOCKETIO_CLIENT}"]:
+        assert f"audioserver/web/{name}" in names, name
+    assert "audioserver/server.py" in names and "audioserver/client/cli.py" in names
+    assert not [name for name in names if name.startswith(("templates/", "static/"))]
+    client = zipfile.ZipFile(wheel).read(f"audioserver/web/static/{SOCKETIO_CLIENT}")
+    assert client.startswith(b"/*!\n * Socket.IO v4.")
+
+
+@pytest.mark.skipif(shutil.which("npm") is None, reason="npm is not installed")
+def test_a_wheel_built_without_npm_fetches_the_client_from_its_own_npm_files(wheel, tmp_path):
+    """The wheel's page without its client, as a build without npm makes it: fetched at start."""
+    with zipfile.ZipFile(wheel) as archive:
+        for name in archive.namelist():
+            if name.startswith("audioserver/web/") and not name.endswith(SOCKETIO_CLIENT):
+                archive.extract(name, tmp_path)
+    client = SocketIOClient(
+        root=tmp_path / "audioserver" / "web", cache=tmp_path / "cache", npm="npm"
+    )
+    client.start()
+    fetched = client.path()
+    assert fetched is not None and fetched.is_relative_to(tmp_path / "cache")
+    assert fetched.read_bytes() == zipfile.ZipFile(wheel).read(
+        f"audioserver/web/static/{SOCKETIO_CLIENT}"
+    )
 
 
 def test_both_commands_answer_help(venv, tmp_path):
@@ -89,37 +111,38 @@ def test_both_commands_answer_help(venv, tmp_path):
         assert command in client.stdout
 
 
-class InstalledServer(ServerProcess):
-    """audio-server from the fresh environment, run from a folder outside the project."""
-
-    def __init__(self, venv: Path, folder: Path) -> None:
-        self.venv, self.folder = venv, folder
-        super().__init__(folder / "data", log=folder / "server.log", workers=1)
-
-    def program(self) -> list[str]:
-        return [str(self.venv / "bin" / "audio-server")]
-
-    def popen_options(self) -> dict[str, Any]:
-        return {"cwd": self.folder, "env": ENVIRONMENT}
-
-
 @pytest.fixture(scope="module")
-def installed_server(venv, tmp_path_factory) -> Iterator[str]:
-    """The installed audio-server on a free port; its URL once it answers."""
-    with InstalledServer(venv, tmp_path_factory.mktemp("installed-server")) as server:
-        yield server.url
+def installed_server(venv, tmp_path_factory) -> Iterator[ProgramServer]:
+    """The installed audio-server on a free port, run outside the project, npm switched off."""
+    folder = tmp_path_factory.mktemp("installed-server")
+    environment = {**ENVIRONMENT, "XDG_CACHE_HOME": str(folder / "cache")}
+    with ProgramServer(
+        [venv / "bin" / "audio-server"], cwd=folder, env=environment, log=folder / "server.log",
+        workers=1, npm="none",
+    ) as server:  # fmt: skip
+        yield server
 
 
-def test_the_installed_server_serves_the_page_and_its_files(installed_server):
-    health = requests.get(f"{installed_server}/healthz", timeout=10).json()
+def test_the_installed_server_serves_the_page_and_every_file_it_names(installed_server):
+    url = installed_server.url
+    health = requests.get(f"{url}/healthz", timeout=10).json()
     assert health["status"] == "ok" and health["workers"] == 1
-    page = requests.get(installed_server, timeout=10)
+    page = requests.get(url, timeout=10)
     assert page.status_code == 200 and "text/html" in page.headers["Content-Type"]
     assets = re.findall(r'(?:src|href)="(/static/[^"]+)"', page.text)
-    assert "/static/vendor/socket.io.min.js" in assets
+    assert f"/static/{SOCKETIO_CLIENT}" in assets and "/static/style.css" in assets
     for asset in assets:
-        response = requests.get(installed_server + asset, timeout=10)
+        response = requests.get(url + asset, timeout=10)
         assert response.status_code == 200 and response.content, asset
+    for name in PAGE_FILES:  # the modules app.js imports too
+        if name.startswith("static/"):
+            response = requests.get(f"{url}/{name}", timeout=10)
+            assert response.status_code == 200, name
+            assert response.content == (ROOT / name).read_bytes(), name
+    client = requests.get(f"{url}/static/{SOCKETIO_CLIENT}", timeout=10)
+    assert client.headers["Content-Type"].startswith("text/javascript")
+    assert client.content.startswith(b"/*!\n * Socket.IO v4.")
+    assert installed_server.log_lines("WARNING") == []
 
 
 def test_the_installed_client_processes_a_file_on_the_installed_server(
@@ -128,7 +151,7 @@ def test_the_installed_client_processes_a_file_on_the_installed_server(
     song = write_wav(tmp_path / "song.wav", music(2.0), 44100)
     done = run(
         [venv / "bin" / "audio-client", "process", song, "--format", "flac",
-         "--server", installed_server],
+         "--server", installed_server.url],
         cwd=tmp_path,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr

@@ -174,6 +174,70 @@ def test_stop_drops_the_queued_chunks_of_the_task(make_engine, recorder, source,
     assert recorder.events(sid, task.id) == ["processing_stopped"]
 
 
+def test_work_finished_after_a_stop_is_dropped_at_the_worker(
+    make_engine, recorder, source, test_steps
+):
+    engine = make_engine(workers=2, chunk_window=8)
+    sid = recorder.connect("client")
+    task = submit(engine, source(music(8.0, rate=RATE)), "test_count", sid=sid, chunk_seconds=0.25)
+    Count.wait_for(2)  # two chunks are inside the step when the stop comes
+    engine.stop(task.id)
+    Count.gate.set()  # ...and finish after it
+    task.jobs.wait_idle()
+    assert Count.processed == 2
+    # Neither was analysed, encoded, stored or emitted.
+    assert [event for event, data in recorder.prepared if data["task_id"] == task.id] == []
+    assert len(task.store) == 0 and task.measures == []
+    assert recorder.events(sid, task.id) == ["processing_stopped"]
+
+
+TERMINAL_CORE = {"task_id", "status", "chunks_emitted", "duration", "elapsed", "summary",
+                 "result_url", "warnings"}  # fmt: skip
+
+
+def test_every_terminal_event_carries_the_same_core(make_engine, recorder, source, test_steps):
+    engine = make_engine(workers=2)
+    sid = recorder.connect("client")
+    path = source(music(4.0, rate=RATE))
+    completed = submit(engine, path, "gain=db=-3", sid=sid, chunk_seconds=0.5)
+    failed = submit(engine, path, f"test_explode=at={RATE * 2}", sid=sid, chunk_seconds=0.5)
+    event, done = recorder.wait_end(sid, completed.id)
+    assert event == "processing_complete" and done.keys() >= TERMINAL_CORE
+    assert done["status"] == "completed" and done["chunks_emitted"] == done["chunks"] == 8
+    assert done["duration"] == pytest.approx(4.0) and done["elapsed"] > 0
+    assert done["summary"]["integrated_lufs"] is not None
+    assert done["result_url"] == f"/tasks/{completed.id}/result" and done["warnings"] == []
+    event, error = recorder.wait_end(sid, failed.id)
+    assert event == "processing_error" and error.keys() >= TERMINAL_CORE
+    assert error["status"] == "failed" and error["error"] == "processing_failed"
+    assert error["summary"] is None and error["result_url"] is None
+    assert error["duration"] == error["chunks_emitted"] * 0.5
+
+    Count.gate.clear()
+    stopping = submit(engine, path, "test_count", sid=sid, chunk_seconds=0.5)
+    Count.wait_for(1)
+    engine.stop(stopping.id)
+    Count.gate.set()
+    event, stopped = recorder.wait_end(sid, stopping.id)
+    assert event == "processing_stopped" and stopped.keys() >= TERMINAL_CORE
+    assert stopped["status"] == "stopped" and stopped["reason"] == "requested"
+    assert stopped["chunks_emitted"] == 0 and stopped["duration"] == 0.0
+    assert stopped["summary"] is None and stopped["result_url"] == f"/tasks/{stopping.id}/result"
+    # The task JSON and the event agree.
+    assert engine.describe(completed)["summary"] == done["summary"]
+
+
+def test_a_deleted_task_ends_without_a_result_url(make_engine, recorder, source, test_steps):
+    engine = make_engine(workers=2)
+    sid = recorder.connect("client")
+    task = submit(engine, source(music(4.0, rate=RATE)), "test_count", sid=sid, chunk_seconds=0.5)
+    Count.wait_for(1)
+    engine.delete(task.id)
+    Count.gate.set()
+    event, data = recorder.wait_end(sid, task.id)
+    assert (event, data["reason"], data["result_url"]) == ("processing_stopped", "deleted", None)
+
+
 def test_replay_meets_the_live_stream_with_no_gap_and_no_duplicate(
     make_engine, recorder, source, test_steps
 ):

@@ -54,6 +54,12 @@ class WavWriter:
         """Return length bytes of PCM from offset in the data."""
         return os.pread(self._fd, length, HEADER_BYTES + offset)
 
+    def truncate(self, data_bytes: int) -> None:
+        """Keep only the first data_bytes of PCM (after a crash), and say so in the header."""
+        os.ftruncate(self._fd, HEADER_BYTES + data_bytes)
+        self.data_bytes = data_bytes
+        self.finalize()
+
     def finalize(self) -> None:
         """Write the real sizes into the header: the file is then a complete WAV."""
         os.pwrite(self._fd, self._header(), 0)

@@ -89,9 +89,14 @@ class OutputMeter:
         integrated = loudness.integrated_loudness(sub_blocks)
         lra = loudness.loudness_range(sub_blocks)
         return {
-            "integrated_lufs": None if integrated is None else round(integrated, 2),
+            "integrated_lufs": _finite(integrated),
             "true_peak_db": _db(max((m.true_peak for m in measures), default=0.0)),
             "sample_peak_db": _db(max((m.sample_peak for m in measures), default=0.0)),
-            "loudness_range_lu": None if lra is None else round(lra, 2),
+            "loudness_range_lu": _finite(lra),
             "duration": frames / self.sample_rate,
         }
+
+
+def _finite(value: float | None) -> float | None:
+    """Round a figure to 0.01; None where it does not exist (JSON has no NaN or infinity)."""
+    return round(value, 2) if value is not None and math.isfinite(value) else None
