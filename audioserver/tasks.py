@@ -26,7 +26,6 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -543,8 +542,7 @@ class TaskEngine:
                 task.window.release()  # dropped: a stopped task never holds a worker
                 return
             started = time.perf_counter()
-            source = chunk.block
-            block = stage.run(replace(source, samples=source.samples.astype(np.float64)))
+            block = stage.run(chunk.block())  # the chunk's pydub segment, as float64 samples
             if spool is not None:
                 measurements[chunk.index] = stage.boundary.measure(block)
                 spool.write(block.body_start, block.body)
