@@ -18,6 +18,7 @@ another in the calling thread; nothing here needs Flask or a server.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import tempfile
 from collections.abc import Iterator
@@ -63,6 +64,10 @@ class ProcessedChunks(Iterator[AudioSegment]):
     def __next__(self) -> AudioSegment:
         return next(self._chunks)
 
+    def close(self) -> None:
+        """Stop early: delete the temporary spool now rather than when this is collected."""
+        self._chunks.close()
+
     def _run(self, segment: AudioSegment, chunk_seconds: float) -> Iterator[AudioSegment]:
         first = self.stages[0]
         source: Iterator[Chunk] = segment_chunks(
@@ -71,39 +76,40 @@ class ProcessedChunks(Iterator[AudioSegment]):
             pre_roll=first.pre_roll,
             post_roll=first.post_roll,
         )
-        spool: Spool | None = None
-        with tempfile.TemporaryDirectory(prefix="audioserver-") as folder:
-            try:
-                for number, stage in enumerate(self.stages):
-                    previous, spool = spool, None
-                    if stage.boundary is None:  # the last stage: its chunks are the output
-                        yield from (self._output(stage.run(chunk.block())) for chunk in source)
-                    else:
-                        spool = self._spool(stage, source, Path(folder) / f"spool-{number}.f32")
-                        following = self.stages[number + 1]
-                        source = spooled_chunks(
-                            spool,
-                            chunk_frames=following.chunk_frames(chunk_seconds),
-                            pre_roll=following.pre_roll,
-                            post_roll=following.post_roll,
-                        )
-                    if previous is not None:
-                        previous.close()
-            finally:
-                if spool is not None:
-                    spool.close()
+        previous: Spool | None = None  # the spool the current stage reads
+        with contextlib.ExitStack() as cleanup:
+            folder = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="audioserver-")))
+            for number, stage in enumerate(self.stages):
+                if stage.boundary is None:  # the last stage: its chunks are the output
+                    yield from (self._output(stage.run(chunk.block())) for chunk in source)
+                    break
+                spool = Spool(
+                    folder / f"spool-{number}.f32",
+                    channels=stage.output_channels,
+                    sample_rate=stage.output_rate,
+                )
+                cleanup.callback(spool.close)
+                self._spool(stage, source, spool)
+                following = self.stages[number + 1]
+                source = spooled_chunks(
+                    spool,
+                    chunk_frames=following.chunk_frames(chunk_seconds),
+                    pre_roll=following.pre_roll,
+                    post_roll=following.post_roll,
+                )
+                if previous is not None:  # read to its end: delete it now
+                    previous.close()
+                previous = spool
         self.summary = self._summary()
 
-    def _spool(self, stage: Stage, source: Iterator[Chunk], path: Path) -> Spool:
+    def _spool(self, stage: Stage, source: Iterator[Chunk], spool: Spool) -> None:
         """Run a stage that ends at a global step: spool its output, measure it, reduce."""
-        spool = Spool(path, channels=stage.output_channels, sample_rate=stage.output_rate)
         measurements = []
         for chunk in source:
             block = stage.run(chunk.block())
             measurements.append(stage.boundary.measure(block))
             spool.write(block.body_start, block.body)
         stage.boundary.reduce(measurements)
-        return spool
 
     def _output(self, block: Block) -> AudioSegment:
         """Return an output chunk as the server makes it: clipped, measured, 16-bit."""

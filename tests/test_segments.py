@@ -133,7 +133,7 @@ def test_stopping_early_leaves_no_file(source, monkeypatch, tmp_path):
     chunks = processed_chunks(load(source), "gain=db=6,loudness", chunk_seconds=1)
     next(chunks)  # the first stage has run and spooled
     assert [path.name[:12] for path in tmp_path.iterdir()] == ["audioserver-"]
-    chunks._chunks.close()
+    chunks.close()
     assert list(tmp_path.iterdir()) == []
 
 

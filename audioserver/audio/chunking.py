@@ -150,8 +150,10 @@ class Spool:
         return headroom_for(self.peak)
 
     def close(self) -> None:
-        """Close and delete the file."""
-        os.close(self._fd)
+        """Close and delete the file (again: nothing)."""
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
         self.path.unlink(missing_ok=True)
 
 
