@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from audioserver.audio.pcm import AudioSegment, full_scale, headroom_for, to_float, to_segment
+from audioserver.audio.pcm import (
+    AudioSegment,
+    Quantizer,
+    full_scale,
+    headroom_for,
+    to_float,
+    to_segment,
+)
 
 DTYPES = {1: "i1", 2: "<i2", 4: "<i4"}
 
@@ -80,3 +87,15 @@ def test_headroom_for_refuses_what_is_not_a_number(peak):
 def test_a_width_pydub_does_not_store_is_refused():
     with pytest.raises(ValueError, match="1, 2 or 4"):
         to_segment(np.zeros((4, 1)), sample_rate=8000, sample_width=3)
+
+
+def test_a_quantizer_reuses_its_arrays_and_never_a_returned_segment():
+    rng = np.random.default_rng(1)
+    quantize = Quantizer(sample_rate=8000, headroom_bits=2)
+    chunks = [rng.normal(0.0, 1.0, size=(frames, 2)) for frames in (500, 1200, 30, 1200)]
+    chunks[2] = chunks[2].astype(np.float32)  # a change of float type on the way
+    segments = [quantize(chunk) for chunk in chunks]
+    for chunk, segment in zip(chunks, segments, strict=True):
+        expected = to_segment(chunk, sample_rate=8000, headroom_bits=2)
+        assert segment.raw_data == expected.raw_data
+        assert segment.frame_count() == len(chunk) and segment.channels == 2

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from .decode import Decoder
-from .pcm import AudioSegment, headroom_for, to_float, to_segment
+from .pcm import AudioSegment, Quantizer, headroom_for, to_float
 from .steps import Block
 
 
@@ -166,8 +166,8 @@ def spooled_chunks(
     comes from the spool's peak.
     """
     total, headroom = spool.frames, spool.headroom_bits
+    quantize = Quantizer(sample_rate=spool.sample_rate, headroom_bits=headroom)
     tiles = _tiles(total, chunk_frames, pre_roll, post_roll)
     for index, (first, start, stop, last) in enumerate(tiles):
-        samples = spool.read(first, last)
-        segment = to_segment(samples, sample_rate=spool.sample_rate, headroom_bits=headroom)
+        segment = quantize(spool.read(first, last))
         yield Chunk(index, segment, first, start - first, last - stop, stop == total, headroom)

@@ -30,7 +30,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", RuntimeWarning)
     from pydub import AudioSegment
 
-__all__ = ["AudioSegment", "headroom_for", "to_float", "to_segment"]
+__all__ = ["AudioSegment", "Quantizer", "headroom_for", "to_float", "to_segment"]
 
 _DTYPES = {1: np.dtype("i1"), 2: np.dtype("<i2"), 4: np.dtype("<i4")}
 
@@ -68,21 +68,51 @@ def to_segment(
     Samples are rounded to the nearest integer and clipped to the integer
     range: with headroom_bits = k, at 2**k times full scale.
     """
-    dtype = _dtype(sample_width)
-    info = np.iinfo(dtype)
-    work = np.result_type(samples.dtype, np.float32)  # float32 stays so: 2**n scales exactly
-    scaled = np.multiply(samples, full_scale(sample_width, headroom_bits), dtype=work)
-    np.rint(scaled, out=scaled)
-    top = work.type(info.max)
-    if float(top) > info.max:  # float32 rounds 2**31 - 1 up: clip at the float below instead
-        top = np.nextafter(top, work.type(0))
-    np.clip(scaled, info.min, top, out=scaled)
-    return AudioSegment(
-        data=scaled.astype(dtype).tobytes(),
-        sample_width=sample_width,
-        frame_rate=sample_rate,
-        channels=samples.shape[1],
+    quantizer = Quantizer(
+        sample_rate=sample_rate, sample_width=sample_width, headroom_bits=headroom_bits
     )
+    return quantizer(samples)
+
+
+class Quantizer:
+    """Turns float samples into segments of one width and headroom, as ``to_segment`` does.
+
+    It keeps its working arrays from one call to the next, so converting a
+    stream of chunks allocates only each segment's bytes (fresh arrays of a
+    few MB per chunk cost more in page faults than in arithmetic). One
+    thread at a time.
+    """
+
+    def __init__(self, *, sample_rate: int, sample_width: int = 4, headroom_bits: int = 0) -> None:
+        self.sample_rate = sample_rate
+        self.sample_width = sample_width
+        self._dtype = _dtype(sample_width)
+        self._scale = full_scale(sample_width, headroom_bits)
+        self._work = np.empty(0, dtype=np.float32)
+        self._pcm = np.empty(0, dtype=self._dtype)
+
+    def __call__(self, samples: np.ndarray) -> AudioSegment:
+        # float32 stays so (a power of 2 scales it exactly); anything else works in float64.
+        kind = np.result_type(samples.dtype, np.float32)
+        if self._work.dtype != kind or self._work.size < samples.size:
+            self._work = np.empty(samples.size, dtype=kind)
+            self._pcm = np.empty(samples.size, dtype=self._dtype)
+        work = self._work[: samples.size].reshape(samples.shape)
+        pcm = self._pcm[: samples.size].reshape(samples.shape)
+        np.multiply(samples, self._scale, out=work)
+        np.rint(work, out=work)
+        info = np.iinfo(self._dtype)
+        top = kind.type(info.max)
+        if float(top) > info.max:  # float32 rounds 2**31 - 1 up: clip at the float below
+            top = np.nextafter(top, kind.type(0))
+        np.clip(work, info.min, top, out=work)
+        np.copyto(pcm, work, casting="unsafe")  # whole numbers within range: exact
+        return AudioSegment(
+            data=pcm.tobytes(),
+            sample_width=self.sample_width,
+            frame_rate=self.sample_rate,
+            channels=samples.shape[1],
+        )
 
 
 def headroom_for(peak: float) -> int:
