@@ -636,7 +636,7 @@ class TaskEngine:
             task.jobs.add()
             self._pool.submit(self._process, task, stage, job, spool, measurements, chunk_frames)
             jobs += 1
-            chunks += -(-len(job.block.body) // chunk_frames)
+            chunks += -(-job.body_frames // chunk_frames)
         self._source_ended(task, stage, chunks, last=spool is None)
         if not task.window.drain():
             return None
@@ -677,8 +677,8 @@ class TaskEngine:
                 task.window.release()  # dropped: a stopped task never holds a worker
                 return
             started = time.perf_counter()
-            source = chunk.block
-            block = stage.run(replace(source, samples=source.samples.astype(np.float64)))
+            source = chunk.block()  # the chunk's pydub segment, as float64 samples
+            block = stage.run(source)
             if task.stopping.is_set():
                 # Stopped while this chunk ran: drop it here, before any analysis,
                 # encoding or storing (the stop flag is the worker's to check).
