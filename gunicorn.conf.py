@@ -34,6 +34,7 @@ def post_worker_init(worker):
     gunicorns_own = signal.getsignal(signal.SIGTERM)
 
     def stop_tasks_then_exit(signum, frame):
+        app.extensions["uploads"].close()  # uploads in progress end, their .part files go
         app.extensions["audio_engine"].shutdown()
         gunicorns_own(signum, frame)
 

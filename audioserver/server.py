@@ -43,6 +43,7 @@ def stop_on_sigterm(app) -> None:
 
     def stop(signum, frame) -> None:
         logger.info("SIGTERM: stopping the running tasks")
+        app.extensions["uploads"].close()  # uploads in progress end, their .part files go
         app.extensions["audio_engine"].shutdown(timeout=3.0)
         app.extensions["socketio"].server.eio.logger.disabled = True  # no noise while closing
         app.extensions["audio_broadcaster"].drain(timeout=1.0)
