@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import resource
 import shutil
 import signal
@@ -23,7 +24,7 @@ from typing import Any
 
 import pytest
 import requests
-from helpers import ROOT, Count, ServerProcess, ffmpeg_make, music, write_wav
+from helpers import ROOT, Count, ServerProcess, ffmpeg_make, free_port, music, write_wav
 from urllib3 import encode_multipart_formdata
 
 CONNECTIONS = 1100  # idle connections: past select()'s 1,024 descriptors
@@ -432,3 +433,91 @@ def test_sigterm_during_slow_uploads_leaves_no_part_file(tmp_path, servers, prog
     assert part_files(data) == []
     for connection in stalled:
         connection.close()
+
+
+# -- production: nginx in front ---------------------------------------------------------------
+
+
+def readme_nginx_config(*, port: int, upstream: int) -> str:
+    """The README's nginx configuration, on these ports, with one-second client timeouts."""
+    block = re.search(r"```nginx\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    assert block, "the README has no nginx configuration"
+    config = block.group(1)
+    for old, new in [
+        ("listen 80;", f"listen 127.0.0.1:{port};"),
+        ("proxy_pass http://127.0.0.1:5001;", f"proxy_pass http://127.0.0.1:{upstream};"),
+        ("client_header_timeout 10s;", "client_header_timeout 1s;"),
+        ("client_body_timeout 30s;", "client_body_timeout 1s;"),
+    ]:
+        assert old in config, f"the README's nginx configuration has no {old!r}"
+        config = config.replace(old, new)
+    return config
+
+
+class Nginx:
+    """nginx in a folder of its own, in front of a server, with the README's configuration."""
+
+    def __init__(self, folder: Path, *, upstream: int) -> None:
+        binary = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
+        if binary is None:
+            if os.environ.get("CI", "").lower() in ("true", "1"):
+                pytest.fail("no nginx (CI=true: this test must run)", pytrace=False)
+            pytest.skip("no nginx (as root: apt-get install nginx)")
+        folder.mkdir()
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        temp = "\n".join(
+            f"    {kind}_temp_path {folder / kind};"
+            for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+        )
+        user = "user root;\n" if os.geteuid() == 0 else ""
+        (folder / "nginx.conf").write_text(
+            f"{user}daemon off;\nworker_processes 1;\npid {folder / 'nginx.pid'};\n"
+            f"events {{ worker_connections 1024; }}\n"
+            f"http {{\n    access_log off;\n{temp}\n"
+            f"{readme_nginx_config(port=self.port, upstream=upstream)}}}\n"
+        )
+        self.log = folder / "error.log"
+        self.process = subprocess.Popen(
+            [binary, "-e", str(self.log), "-p", str(folder), "-c", str(folder / "nginx.conf")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
+        wait_until(self._listening, what=f"nginx on {self.url}")
+
+    def _listening(self) -> bool:
+        if self.process.poll() is not None:
+            raise RuntimeError(f"nginx exited: {self.log.read_text(errors='replace')[-2000:]}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 1):
+            return True
+        return False
+
+    def close(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+
+
+def test_nginx_in_front_takes_slow_clients_off_gunicorn(tmp_path, servers, listen, wav):
+    server = Gunicorn(tmp_path / "data", threads=40)
+    servers.append(server)
+    proxy = Nginx(tmp_path / "nginx", upstream=server.port)
+    try:
+        clients = [listen(proxy.url) for _ in range(30)]  # each holds a gunicorn thread
+        stalled = [stall_upload(proxy.url) for _ in range(40)]
+        idle = [socket.create_connection(("127.0.0.1", proxy.port), 30) for _ in range(40)]
+        started = time.monotonic()
+        health = requests.get(f"{proxy.url}/healthz", timeout=5)
+        assert health.status_code == 200 and time.monotonic() - started < 1.0
+        response = post_wav(proxy.url, wav, sid=clients[0].sid)
+        assert response.status_code == 202, response.text
+        assert clients[0].wait_end(response.json()["task_id"])[0] == "processing_complete"
+        # nginx drops the slow clients (408 for a stalled body); gunicorn never saw them.
+        for connection in stalled:
+            answer = answer_of(connection)
+            assert answer == b"" or answer.startswith(b"HTTP/1.1 408"), answer[:100]
+        for connection in idle:
+            assert answer_of(connection) == b""
+        assert time.monotonic() - started < 10
+        assert part_files(server.data_dir) == []
+    finally:
+        proxy.close()
