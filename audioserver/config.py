@@ -81,6 +81,13 @@ SETTINGS: tuple[Setting, ...] = (
         help="an upload whose body sends nothing for this long is cut off (408) and deleted",
     ),
     Setting(
+        name="IDLE_TIMEOUT_SECONDS",
+        default=60.0,
+        type=float,
+        help="python app.py closes a connection that sends nothing for this long (at least "
+        "UPLOAD_TIMEOUT_SECONDS + 2; Socket.IO clients send every 25 s)",
+    ),
+    Setting(
         name="DISK_RESERVE_MB",
         default=100.0,
         type=float,

@@ -37,6 +37,7 @@ from typing import IO, Any
 
 from flask import Flask, Request, current_app, g, request
 from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.serving import WSGIRequestHandler
 
 from .errors import (
     AtCapacity,
@@ -341,6 +342,30 @@ class UploadRequest(Request):
         if isinstance(error, OSError) and disk_full(error):
             return insufficient_storage("this upload")
         return None
+
+
+def idle_timeout_handler(
+    app: Flask, base: type[WSGIRequestHandler] = WSGIRequestHandler
+) -> type[WSGIRequestHandler]:
+    """Werkzeug's request handler (python app.py) with a timeout on every read of a connection.
+
+    A connection that sends nothing for IDLE_TIMEOUT_SECONDS (no request, or a
+    WebSocket without even the Socket.IO pings) is closed, and no longer holds
+    its thread for ever. The upload watch cuts a stalled body first, with its
+    408: the timeout is kept above UPLOAD_TIMEOUT_SECONDS.
+    """
+    seconds = max(app.config["IDLE_TIMEOUT_SECONDS"], app.config["UPLOAD_TIMEOUT_SECONDS"] + 2)
+
+    class IdleTimeoutHandler(base):  # type: ignore[misc, valid-type]
+        timeout = seconds
+
+        def log_error(self, format: str, *args: Any) -> None:
+            if format.startswith("Request timed out"):  # an idle connection, closed as meant
+                logger.debug("closed a connection idle for %g s", seconds)
+                return
+            super().log_error(format, *args)
+
+    return IdleTimeoutHandler
 
 
 def raise_open_file_limit() -> None:

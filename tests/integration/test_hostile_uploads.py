@@ -186,6 +186,32 @@ def test_uploads_work_while_the_server_holds_over_1100_connections(tmp_path, ser
     assert "Traceback" not in (tmp_path / "server.log").read_text()
 
 
+def threads_of(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("Threads:")).split()[1])
+
+
+def test_python_app_py_closes_idle_connections_quietly(tmp_path, servers, listen, wav):
+    log = tmp_path / "server.log"
+    server = ServerProcess(
+        tmp_path / "data", log=log, idle_timeout_seconds=1, upload_timeout_seconds=0.5,
+        log_level="INFO",
+    )  # fmt: skip
+    servers.append(server)
+    before = threads_of(server.process.pid)
+    idle = [socket.create_connection(("127.0.0.1", server.port), timeout=30) for _ in range(50)]
+    wait_until(lambda: threads_of(server.process.pid) >= before + 45, what="a thread each")
+    started = time.monotonic()
+    for connection in idle:
+        assert answer_of(connection) == b""  # closed, with nothing to say
+    assert time.monotonic() - started < 5
+    wait_until(lambda: threads_of(server.process.pid) < before + 5, what="their threads to end")
+    response = post_wav(server.url, wav)
+    assert response.status_code == 202, response.text
+    lines = log.read_text().splitlines()
+    assert not [line for line in lines if " ERROR " in line or "timed out" in line], lines
+
+
 # -- parts and files of one upload --------------------------------------------------------------
 
 
