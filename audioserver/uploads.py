@@ -52,7 +52,7 @@ logger = logging.getLogger(__name__)
 
 UPLOADS = "uploads"  # the folder under DATA_DIR that holds the bodies being received
 MAX_FORM_PARTS = 16  # the contract's form has six fields
-READ_SIZE = 16 * 1024  # progress is counted per read: an upload must send this much per timeout
+READ_SIZE = 64 * 1024  # progress is counted per read: an upload must send this much per timeout
 DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 MB = 1024 * 1024
 
@@ -153,8 +153,9 @@ class BodyWatch:
 class ProgressStream:
     """A request body stream that reports each read to its watch (reads of READ_SIZE at most).
 
-    Small reads make "progress" mean a few kB, not the parser's 64 kB: an
-    upload is cut off when it sends less than READ_SIZE in a timeout.
+    A read returns when READ_SIZE bytes have come (or the body's end): an upload
+    is cut off when it sends less than that in a timeout. Smaller reads would
+    cost a large upload more time in the parser (16 kB: +30 % for 150 MB).
     """
 
     def __init__(self, stream: IO[bytes], body: WatchedBody) -> None:

@@ -55,10 +55,10 @@ def data_files(data_dir: Path) -> list[str]:
     return sorted(str(p.relative_to(data_dir)) for p in Path(data_dir).rglob("*") if p.is_file())
 
 
-def stall_upload(url: str, *, announced: int = 1_000_000, sent: int = 20_000) -> socket.socket:
+def stall_upload(url: str, *, announced: int = 1_000_000, sent: int = 70_000) -> socket.socket:
     """Start an upload that announces `announced` bytes, send the first `sent`, and stall.
 
-    The server reads a body 16 kB at a time: 20 kB make it open the .part file.
+    The server reads a body 64 kB at a time: 70 kB make it open the .part file.
     """
     connection = socket.create_connection(("127.0.0.1", port_of(url)), timeout=30)
     head = (
@@ -282,7 +282,7 @@ def test_a_stalled_upload_is_cut_off_with_408_and_its_file_deleted(make_server, 
 
 def test_an_upload_that_keeps_sending_is_not_cut_off(make_server, tmp_path):
     server = make_server(UPLOAD_TIMEOUT_SECONDS=1.5)
-    song = write_wav(tmp_path / "song.wav", music(4.0, rate=8000, channels=1), 8000)  # 64 kB
+    song = write_wav(tmp_path / "song.wav", music(16.0, rate=8000, channels=1), 8000)  # 256 kB
     body, content_type = encode_multipart_formdata([("file", ("song.wav", song.read_bytes()))])
     started = time.monotonic()
     with socket.create_connection(("127.0.0.1", port_of(server.url)), timeout=30) as client:
@@ -290,8 +290,8 @@ def test_an_upload_that_keeps_sending_is_not_cut_off(make_server, tmp_path):
             b"POST /upload HTTP/1.1\r\nHost: 127.0.0.1\r\n"
             + f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
         )
-        for offset in range(0, len(body), 8192):  # 8 kB every 0.3 s: a slow client
-            client.sendall(body[offset : offset + 8192])
+        for offset in range(0, len(body), 32768):  # 32 kB every 0.3 s: a slow client
+            client.sendall(body[offset : offset + 32768])
             time.sleep(0.3)
         answer = answer_of(client)
     assert time.monotonic() - started > 2.0  # longer than the timeout, all told
