@@ -265,6 +265,7 @@ class UploadRequest(Request):
     max_form_parts = MAX_FORM_PARTS
 
     def _load_form_data(self) -> None:
+        """Parse the body, watched; turn what cut it short into its answer (408, 413, 503, 507)."""
         if "form" in self.__dict__:
             return
         uploads: Uploads = current_app.extensions["uploads"]
@@ -290,7 +291,7 @@ class UploadRequest(Request):
     def _get_stream_for_parsing(self) -> IO[bytes]:
         stream = super()._get_stream_for_parsing()
         body = getattr(self, "_watched", None)
-        return stream if body is None else ProgressStream(stream, body)  # type: ignore[return-value]
+        return stream if body is None else ProgressStream(stream, body)
 
     def _get_file_stream(
         self,
@@ -357,7 +358,7 @@ def idle_timeout_handler(
     """
     seconds = max(app.config["IDLE_TIMEOUT_SECONDS"], app.config["UPLOAD_TIMEOUT_SECONDS"] + 2)
 
-    class IdleTimeoutHandler(base):  # type: ignore[misc, valid-type]
+    class IdleTimeoutHandler(base):
         timeout = seconds
 
         def log_error(self, format: str, *args: Any) -> None:

@@ -421,6 +421,23 @@ def test_a_task_the_disk_cannot_hold_is_507(small_disk, make_server, tmp_path):
     assert server.engine.get(response.json()["task_id"]).retired.wait(30)
 
 
+def test_a_task_that_would_eat_into_the_reserve_is_507(make_server, tmp_path, wav):
+    """The same, on any disk and without root: a reserve of all but 1 GB of the free space."""
+    data = tmp_path / "data"
+    data.mkdir()
+    reserve_mb = (shutil.disk_usage(data).free - 1024**3) / 1024**2
+    server = make_server(DATA_DIR=str(data), DISK_RESERVE_MB=reserve_mb)
+    # An hour of 48 kHz stereo with a global step and FLAC: 1.4 GB of spool, 0.7 GB of WAV and
+    # as much of FLAC, from a file of a few kB (other work on the disk may take or free some).
+    hour = silence_flac(tmp_path / "hour.flac", seconds=3600)
+    response = post_wav(server.url, hour, pipeline="normalize", format="flac")
+    assert (response.status_code, response.json()["error"]) == (507, "insufficient_storage")
+    assert data_files(data) == []
+    response = post_wav(server.url, wav, pipeline="normalize", format="flac")
+    assert response.status_code == 202, response.text
+    assert server.engine.get(response.json()["task_id"]).retired.wait(30)
+
+
 def test_running_tasks_keep_the_room_they_will_write(small_disk, make_server, tmp_path,
                                                      test_steps):  # fmt: skip
     data = small_disk(48) / "data"
