@@ -63,6 +63,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         result_ttl_seconds=app.config["RESULT_TTL_HOURS"] * 3600,
         max_data_bytes=int(app.config["MAX_DATA_MB"] * 1024 * 1024),
         sweep_seconds=app.config["SWEEP_SECONDS"],
+        disk_reserve_bytes=int(app.config["DISK_RESERVE_MB"] * 1024 * 1024),
         broadcaster=broadcaster,
         observer=metrics,
     )

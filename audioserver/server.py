@@ -7,7 +7,7 @@ import signal
 import sys
 from pathlib import Path
 
-from . import config, create_app
+from . import config, create_app, uploads
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +43,7 @@ def stop_on_sigterm(app) -> None:
 
     def stop(signum, frame) -> None:
         logger.info("SIGTERM: stopping the running tasks")
+        app.extensions["uploads"].close()  # uploads in progress end, their .part files go
         app.extensions["audio_engine"].shutdown(timeout=3.0)
         app.extensions["socketio"].server.eio.logger.disabled = True  # no noise while closing
         app.extensions["audio_broadcaster"].drain(timeout=1.0)
@@ -66,4 +67,5 @@ def main(argv: list[str] | None = None) -> None:
         "serving on http://%s:%d with %d workers, data in %s",
         app.config["HOST"], app.config["PORT"], app.config["WORKERS"], app.config["DATA_DIR"],
     )  # fmt: skip
-    socketio.run(app, host=app.config["HOST"], port=app.config["PORT"], allow_unsafe_werkzeug=True)
+    socketio.run(app, host=app.config["HOST"], port=app.config["PORT"], allow_unsafe_werkzeug=True,
+                 request_handler=uploads.idle_timeout_handler(app))  # fmt: skip

@@ -217,8 +217,11 @@ class Decoder:
 
     def _read_some(self, buffer: memoryview) -> int:
         """Read what the pipe has into buffer, waiting at most stall_seconds; 0 at the end."""
-        ready, _, _ = select.select([self._stdout], [], [], self.stall_seconds)
-        if not ready:
+        # poll, not select: select() cannot watch a descriptor numbered 1024 or more, which a
+        # server holding a thousand connections hands out.
+        poller = select.poll()
+        poller.register(self._stdout, select.POLLIN)
+        if not poller.poll(self.stall_seconds * 1000):
             self.kill()
             raise DecodeError(
                 f"Decoding stalled: ffmpeg produced nothing for {self.stall_seconds:g} s. "
