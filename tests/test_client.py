@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 from helpers import to_int16
 
+from audioclient import cli
+from audioclient.api import ClientError, ServerError, filename_of
+from audioclient.connection import Connection
+from audioclient.job import Job, ProcessOptions, completed_report
+from audioclient.progress import ProgressBar
 from audioserver.audio.pipeline import Pipeline
-from audioserver.client import cli
-from audioserver.client.api import ClientError, ServerError, filename_of
-from audioserver.client.connection import Connection
-from audioserver.client.job import Job, ProcessOptions, completed_report
-from audioserver.client.progress import ProgressBar
 
 
 def test_help_lists_every_command(capsys):

@@ -24,8 +24,8 @@ import pytest
 import requests
 from helpers import free_port, wav_pcm
 
-from audioserver.client import cli
-from audioserver.client.api import Server
+from audioclient import cli
+from audioclient.api import Server
 
 ROOT = Path(__file__).resolve().parents[2]
 SLOW_PIPELINE = "highpass=freq=10:order=8,lowpass=freq=12000:order=8,gain=db=-1"
@@ -248,7 +248,7 @@ def test_ctrl_c_stops_the_task_and_keeps_the_partial_output(
     path = audio_file(60.0, "wav", rate=48000)
     output = tmp_path / "partial.wav"
     command = [
-        sys.executable, "-m", "audioserver.client", "process", str(path), "-o", str(output),
+        sys.executable, "-m", "audioclient", "process", str(path), "-o", str(output),
         "--chunk-seconds", "0.25", "--pipeline", SLOW_PIPELINE, "--server", live_server.url,
     ]  # fmt: skip
     client = subprocess.Popen(
