@@ -116,6 +116,22 @@ def test_the_progress_bar_shows_percent_realtime_factor_chunks_and_eta():
     assert re.match(r"song\.mp3  50%\|.*\| ETA [0-9:?]+, 40\.5x realtime, 7/15 chunks", last)
 
 
+def test_the_bar_shows_the_upload_then_the_processing_from_zero():
+    screen = io.StringIO()
+    bar = ProgressBar("big.wav", enabled=True, file=screen)
+    mb = 1024 * 1024
+    for sent in range(0, 301 * mb, mb):  # one call a block: drawn at most ten times a second
+        bar.uploading(min(sent, 300 * mb), 300 * mb)
+    drawn = screen.getvalue().split("\r")
+    assert re.match(r"big\.wav 100%\|.*\| ETA [0-9:?]+, uploading 300\.0/300\.0 MB", drawn[-1])
+    assert len(drawn) < 30
+    bar.show(fraction=0.1, realtime_factor=None, chunks=1, chunks_total=10)
+    bar.close()
+    last = screen.getvalue().split("\r")[-1]
+    assert re.match(r"big\.wav  10%\|.*\| ETA [0-9:?]+, 1/10 chunks", last)
+    assert "uploading" not in last
+
+
 @pytest.mark.parametrize(
     ("header", "name"),
     [
