@@ -45,6 +45,11 @@ def test_the_format_comes_from_the_output_name(output, expected):
         assert cli.format_of(output) == fmt
 
 
+def test_the_output_of_several_files_is_a_folder_whatever_its_name():
+    assert cli.format_of("outdir", several=True) == "wav"
+    assert cli.format_of("outdir.flac", several=True) == "wav"
+
+
 def test_outputs_go_beside_the_inputs_or_into_a_folder(tmp_path):
     inputs = [tmp_path / "a.mp3", tmp_path / "sub" / "b.flac"]
     assert cli.output_paths(inputs[:1], None, "ogg") == [tmp_path / "a_processed.ogg"]
