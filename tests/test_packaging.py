@@ -127,7 +127,7 @@ def test_the_wheel_holds_the_page_its_npm_files_and_the_socketio_client(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     for name in [*PAGE_FILES, *NPM_FILES, f"static/{SOCKETIO_CLIENT}"]:
         assert f"audioserver/web/{name}" in names, name
-    assert "audioserver/server.py" in names
+    assert "audioserver/server.py" in names and "audioserver/local.py" in names
     assert not [name for name in names if name.startswith(("audioserver/client/", "audioclient/"))]
     assert not [name for name in names if name.startswith(("templates/", "static/"))]
     client = zipfile.ZipFile(wheel).read(f"audioserver/web/static/{SOCKETIO_CLIENT}")
@@ -176,6 +176,18 @@ def test_the_client_installs_alone_without_the_numeric_stack(client_venv, tmp_pa
     for module in ("numpy", "scipy", "flask", "audioserver"):
         assert not imports(client_venv, module, tmp_path), module
     assert not (client_venv / "bin" / "audio-server").exists()
+
+
+def test_the_installed_server_processes_files_without_a_server(venv, tmp_path):
+    song = write_wav(tmp_path / "song.wav", music(2.0), 44100)
+    done = run(
+        [venv / "bin" / "audio-server", "process", song, "--pipeline", "loudness=target=-16",
+         "--format", "flac"],
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "song.wav -> " in done.stdout and "-16.0 LUFS" in done.stdout
+    assert (tmp_path / "song_processed.flac").read_bytes()[:4] == b"fLaC"
 
 
 @pytest.fixture(scope="module")
