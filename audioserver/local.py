@@ -23,7 +23,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -71,7 +71,9 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         "default: NAME_processed.FORMAT beside each input",
     )  # fmt: skip
     parser.add_argument("--chunk-seconds", help="chunk length, 0.25 to 60 (default 2)")
-    parser.add_argument("--workers", type=int, help="threads in the pool (default: every core)")
+    parser.add_argument(
+        "--workers", type=_positive, help="threads in the pool (default: every core)"
+    )
     parser.add_argument(
         "--progress", action=argparse.BooleanOptionalAction, default=None,
         help="show progress bars (default: when stderr is a terminal)",
@@ -80,6 +82,12 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
         "--log-level", default="ERROR", help="the engine's log lines shown (default: ERROR)"
     )
     return parser
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number, 1 or more, got {text!r}")
+    return int(text)
 
 
 def main(argv: Sequence[str] | None = None, *, prog: str = "audio-server process") -> int:
@@ -145,8 +153,8 @@ def process(args: argparse.Namespace, *, prog: str) -> int:
         [run.name for run in runs],
         enabled=sys.stderr.isatty() if args.progress is None else args.progress,
     )
-    with tempfile.TemporaryDirectory(prefix=".audio-server-", dir=outputs[0].parent) as scratch:
-        engine = make_engine(Path(scratch), workers=args.workers, tasks=len(runs), events=endings)
+    with scratch_folder(beside=outputs[0]) as scratch:
+        engine = make_engine(scratch, workers=args.workers, tasks=len(runs), events=endings)
         try:
             start(engine, runs, lambda: task_options(args, fmt))
             interrupted = not follow(engine, runs, endings, bars)
@@ -163,6 +171,17 @@ def process(args: argparse.Namespace, *, prog: str) -> int:
     if interrupted:
         return EXIT_INTERRUPTED
     return 0 if all(status == "completed" for status in statuses) else 1
+
+
+@contextlib.contextmanager
+def scratch_folder(*, beside: Path) -> Iterator[Path]:
+    """A hidden folder for the engine beside an output (results then move by a rename)."""
+    try:
+        folder = tempfile.TemporaryDirectory(prefix=".audio-server-", dir=beside.parent)
+    except OSError as error:
+        raise CommandError(f"cannot write in {beside.parent}: {error.strerror}") from error
+    with folder as name:
+        yield Path(name)
 
 
 def task_options(args: argparse.Namespace, fmt: str) -> TaskOptions:
@@ -300,6 +319,8 @@ def output_paths(inputs: Sequence[Path], output: str | None, fmt: str) -> list[P
         paths = [folder / f"{path.stem}_processed.{fmt}" for path in inputs]
     else:
         paths = [Path(output)]
+        if not paths[0].parent.is_dir():
+            raise CommandError(f"{paths[0].parent}: no such folder")
     if len(set(paths)) < len(paths):
         raise CommandError("two inputs have the same name: their outputs would collide")
     return paths

@@ -133,6 +133,7 @@ def test_a_file_that_is_not_audio_is_refused_and_the_others_go_on(audio_file, tm
         (["--pipeline", "highpass=freq=30000"], r"song\.wav: .*'freq'.* \(invalid_pipeline\)$"),
         (["-o", "song.m4a"], r"error: cannot tell the format of 'song\.m4a': use --format"),
         (["missing.mp3"], r"error: missing\.mp3: no such file$"),
+        (["-o", "nowhere/song.flac"], r"error: nowhere: no such folder$"),
     ],
 )
 def test_mistakes_end_with_one_line_and_status_1(audio_file, tmp_path, arguments, message):
