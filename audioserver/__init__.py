@@ -57,6 +57,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         chunk_window=app.config["CHUNK_WINDOW"],
         max_audio_seconds=app.config["MAX_AUDIO_SECONDS"],
         max_audio_samples=app.config["MAX_AUDIO_SAMPLES"],
+        max_pipeline_cost=app.config["MAX_PIPELINE_COST"],
         stall_seconds=app.config["DECODE_STALL_SECONDS"],
         client_backlog=app.config["CLIENT_BACKLOG"],
         result_ttl_seconds=app.config["RESULT_TTL_HOURS"] * 3600,

@@ -94,6 +94,13 @@ SETTINGS: tuple[Setting, ...] = (
         "(more, by the header: 413 at upload; while decoding: the task fails)",
     ),
     Setting(
+        name="MAX_PIPELINE_COST",
+        default=1.0,
+        type=float,
+        help="most estimated CPU seconds a pipeline may take per second of audio (more: 400 "
+        "pipeline_too_costly, naming the costliest steps)",
+    ),
+    Setting(
         name="DECODE_STALL_SECONDS",
         default=30.0,
         type=float,

@@ -56,6 +56,7 @@ class ChunkOutput:
     pcm: bytes
     measure: ChunkMeasure
     event: Any
+    ends_job: bool = True  # the last chunk of its job: emitting it frees the job's window slot
 
 
 class Window:
@@ -241,6 +242,11 @@ class Task:
     def chunk_frames(self, stage: int) -> int:
         """Frames of a chunk at the input of a stage."""
         return self.stages[stage].chunk_frames(self.options.chunk_seconds)
+
+    def job_frames(self, stage: int) -> int:
+        """Frames of a job (one or more whole chunks) at the input of a stage."""
+        frames = self.chunk_frames(stage)
+        return frames * self.stages[stage].chunks_per_job(frames)
 
     @property
     def chunks_total(self) -> int | None:

@@ -46,6 +46,7 @@ from .errors import (
     AudioServerError,
     BadRequest,
     DecodeError,
+    ParameterError,
     PayloadTooLarge,
     TaskConflict,
     TaskNotFound,
@@ -61,6 +62,9 @@ UPLOAD_NAME = "upload"
 TRUNCATED_FRACTION = 0.9  # decoded audio shorter than this part of the announced length
 TASK_FOLDER = re.compile(r"[0-9a-f]{32}")  # uuid4 hex: the only folders the engine owns
 RESULT_WAIT_SECONDS = 60.0
+# CPU nanoseconds per output sample of the per-chunk analysis (levels, waveform,
+# spectrum, loudness and true peak, 16-bit PCM), for the cost estimate.
+ANALYSIS_COST_NS = 60.0
 # Sample rates the server takes: loudness (BS.1770's K-weighting) needs a band up to a
 # few kHz, and 768 kHz is the highest rate any audio format in use has.
 MIN_SAMPLE_RATE = 4000
@@ -143,6 +147,7 @@ class TaskEngine:
         chunk_window: int = 0,
         max_audio_seconds: float = 4 * 3600.0,
         max_audio_samples: int = 4 * 3600 * 48000 * 2,
+        max_pipeline_cost: float = 1.0,
         stall_seconds: float = 30.0,
         client_backlog: int = 16,
         result_ttl_seconds: float = 24 * 3600.0,
@@ -160,6 +165,7 @@ class TaskEngine:
         self.chunk_window = chunk_window or max(2, 2 * workers)
         self.max_audio_seconds = max_audio_seconds
         self.max_audio_samples = max_audio_samples
+        self.max_pipeline_cost = max_pipeline_cost
         self.stall_seconds = stall_seconds
         self.client_backlog = client_backlog
         self.broadcaster: Broadcaster = broadcaster or NullBroadcaster()
@@ -403,6 +409,7 @@ class TaskEngine:
             stages = options.pipeline.plan(
                 info.sample_rate, info.channels, output_pre_roll=OutputMeter.pre_roll
             )
+            self._check_cost(stages, options.chunk_seconds, info)
             task = Task(
                 task_id=task_id,
                 filename=filename,
@@ -417,6 +424,27 @@ class TaskEngine:
             raise
         task.decoder = decoder
         return task
+
+    def _check_cost(self, stages: list[Stage], chunk_seconds: float, info: AudioInfo) -> None:
+        """Refuse a pipeline whose estimated CPU cost per second of audio is over the budget."""
+        costs = [
+            item for stage in stages for item in stage.step_costs(stage.chunk_frames(chunk_seconds))
+        ]
+        last = stages[-1]
+        analysis = ANALYSIS_COST_NS * last.output_rate * last.output_channels * 1e-9
+        total = sum(cost for _, cost in costs) + analysis
+        if total <= self.max_pipeline_cost:
+            return
+        costliest = sorted(costs, key=lambda item: -item[1])[:3]
+        named = ", ".join(f"{step.name} {cost:.2f}" for step, cost in costliest)
+        whole = f" (about {total * info.duration:,.0f} s for this file)" if info.duration else ""
+        raise ParameterError(
+            f"This pipeline would take about {total:.2f} CPU seconds per second of audio at "
+            f"{info.sample_rate} Hz, {info.channels} channels and {chunk_seconds:g} s chunks"
+            f"{whole}; the server allows {self.max_pipeline_cost:g}. The costliest steps "
+            f"(CPU s per s): {named}. Use fewer or cheaper steps, or a lower resample rate.",
+            code="pipeline_too_costly",
+        )
 
     def _too_much_audio(self, info: AudioInfo) -> str:
         limit = self.max_audio_samples
@@ -552,7 +580,7 @@ class TaskEngine:
             task,
             decoded_chunks(
                 task.decoder,
-                chunk_frames=task.chunk_frames(0),
+                chunk_frames=task.job_frames(0),
                 pre_roll=first.pre_roll,
                 post_roll=first.post_roll,
             ),
@@ -569,7 +597,7 @@ class TaskEngine:
                         sample_rate=stage.output_rate,
                     )
                 measurements: dict[int, Any] = {}
-                count = self._map_stage(task, stage, source, spool, measurements, last=last)
+                count = self._map_stage(task, number, source, spool, measurements)
                 if previous is not None:
                     previous.close()
                 if count is None:
@@ -580,7 +608,7 @@ class TaskEngine:
                     following = task.stages[number + 1]
                     source = spooled_chunks(
                         spool,
-                        chunk_frames=task.chunk_frames(number + 1),
+                        chunk_frames=task.job_frames(number + 1),
                         pre_roll=following.pre_roll,
                         post_roll=following.post_roll,
                     )
@@ -593,34 +621,35 @@ class TaskEngine:
     def _map_stage(
         self,
         task: Task,
-        stage: Stage,
+        number: int,
         source: Iterator[Chunk],
         spool: Spool | None,
         measurements: dict[int, Any],
-        *,
-        last: bool,
     ) -> int | None:
-        """Submit every chunk of a stage and wait for all; return the count, None if stopped."""
-        count = 0
-        for chunk in source:
+        """Submit every job of a stage and wait for all; return their count, None if stopped."""
+        stage = task.stages[number]
+        chunk_frames = task.chunk_frames(number)
+        jobs = chunks = 0
+        for job in source:
             if not task.window.acquire():
                 return None
             task.jobs.add()
-            self._pool.submit(self._process, task, stage, chunk, spool, measurements)
-            count += 1
-        self._source_ended(task, stage, count, last=last)
+            self._pool.submit(self._process, task, stage, job, spool, measurements, chunk_frames)
+            jobs += 1
+            chunks += -(-len(job.block.body) // chunk_frames)
+        self._source_ended(task, stage, chunks, last=spool is None)
         if not task.window.drain():
             return None
-        return count
+        return jobs
 
-    def _source_ended(self, task: Task, stage: Stage, count: int, *, last: bool) -> None:
+    def _source_ended(self, task: Task, stage: Stage, chunks: int, *, last: bool) -> None:
         """Record what the end of a stage's input tells: the exact duration, the chunk count."""
         with task.lock:
             if stage is task.stages[0]:
                 task.duration = task.decoder.frames_read / task.info.sample_rate
                 self._check_length(task)
             if last:
-                task.chunks_final = count
+                task.chunks_final = chunks
 
     def _check_length(self, task: Task) -> None:
         """Warn when the audio ended well before its header said (a truncated file)."""
@@ -640,8 +669,9 @@ class TaskEngine:
         chunk: Chunk,
         spool: Spool | None,
         measurements: dict[int, Any],
+        chunk_frames: int,
     ) -> None:
-        """Process one chunk in a worker thread."""
+        """Process one job (one or more consecutive chunks, see Stage.chunks_per_job)."""
         try:
             if task.stopping.is_set():
                 task.window.release()  # dropped: a stopped task never holds a worker
@@ -659,12 +689,21 @@ class TaskEngine:
                 spool.write(block.body_start, block.body)
                 self.observer.chunk_processed(time.perf_counter() - started)
                 with task.lock:
-                    task.work_done += 1
+                    task.work_done += -(-len(source.body) // chunk_frames)
                 task.window.release()
             else:
-                output = self._finish_chunk(task, chunk.index, block, started)
-                self.observer.chunk_processed(time.perf_counter() - started)
-                self._deliver(task, chunk.index, output)
+                first = chunk.index * stage.chunks_per_job(chunk_frames)
+                parts = list(_split(block, chunk_frames * stage.output_rate // stage.input_rate))
+                share = (time.perf_counter() - started) / len(parts)  # of the steps' time
+                outputs = []
+                for number, part in enumerate(parts):
+                    output = self._finish_chunk(
+                        task, first + number, part, time.perf_counter() - share
+                    )
+                    self.observer.chunk_processed(output.meta["processing_ms"] / 1000)
+                    # The job's window slot is freed with its last chunk.
+                    outputs.append(replace(output, ends_job=number == len(parts) - 1))
+                self._deliver(task, outputs)
         except Exception as error:
             task.log.exception("chunk %d failed", chunk.index)
             self._fail(task, "processing_failed", f"Chunk {chunk.index} failed: {error}")
@@ -700,13 +739,14 @@ class TaskEngine:
         event = self.broadcaster.prepare("audio_chunk", self._chunk_payload(task, meta, pcm))
         return ChunkOutput(meta, pcm, measure, event)
 
-    def _deliver(self, task: Task, index: int, output: ChunkOutput) -> None:
-        """Put a processed chunk in the reorder buffer, and emit every chunk now in order."""
+    def _deliver(self, task: Task, outputs: list[ChunkOutput]) -> None:
+        """Put a job's processed chunks in the reorder buffer, and emit every chunk now in order."""
         with task.lock:
             if task.status in TERMINAL:
                 task.window.release()
                 return
-            task.reorder[index] = output
+            for output in outputs:
+                task.reorder[output.meta["index"]] = output
             while task.next_index in task.reorder:
                 ready = task.reorder.pop(task.next_index)
                 task.store.append(ready.meta, ready.pcm)
@@ -722,7 +762,8 @@ class TaskEngine:
                 self._count_emitted(task, ready.meta, ready.pcm)
                 task.next_index += 1
                 task.work_done += 1
-                task.window.release()
+                if ready.ends_job:
+                    task.window.release()
 
     def _count_emitted(self, task: Task, meta: dict[str, Any], pcm: bytes) -> None:
         self.observer.chunk_emitted(
@@ -1063,3 +1104,25 @@ class TaskEngine:
                 self.broadcaster.send(self.broadcaster.prepare("audio_chunk", payload), to=sid)
                 self._count_emitted(task, meta, pcm)
             cursor += 1
+
+
+def _split(block: Block, frames: int) -> Iterator[Block]:
+    """Cut a job's output into its chunks of frames each, each with the pre-roll it carries.
+
+    Stage.run leaves a job's output with the pre-roll the output meter needs;
+    each chunk gets as much of what comes before it (that pre-roll, then the
+    chunks before it in the job).
+    """
+    keep = block.pre
+    body_end = len(block.samples) - block.post
+    for start in range(block.pre, body_end, frames):
+        end = min(start + frames, body_end)
+        first = max(0, start - keep)
+        yield Block(
+            block.samples[first:end],
+            block.sample_rate,
+            block.start + first,
+            start - first,
+            0,
+            block.final and end == body_end,
+        )

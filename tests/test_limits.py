@@ -1,12 +1,16 @@
-"""What one upload may cost: the decoded size is bounded (decompression bombs)."""
+"""What one upload may cost: decoded size (decompression bombs), pre-roll per chunk."""
 
 from __future__ import annotations
 
+import math
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
 from helpers import music, write_wav
+
+from audioserver.audio.steps import Block, Step
 
 RATE = 8000
 LIMIT = RATE * 2 * 3  # 3 s of 8 kHz stereo
@@ -82,3 +86,105 @@ def test_a_wav_header_claiming_2_ghz_is_refused_with_the_range(make_app, tmp_pat
     response = upload(make_app().test_client(), path)
     assert response.status_code == 415, response.get_json()
     assert "sample rate" in response.get_json()["message"]
+
+
+class LongMemory(Step):
+    """A test step with 10 s of memory (pre-roll) that counts the frames it processes."""
+
+    name = "test_long_memory"
+    description = "remembers 10 s, counts frames"
+    kind = "stateful"
+    frames = 0
+    lock = threading.Lock()
+
+    def pre_roll(self) -> int:
+        return 10 * self.sample_rate
+
+    def process(self, block: Block) -> Block:
+        with LongMemory.lock:
+            LongMemory.frames += len(block.samples)
+        return block
+
+
+Step.registry.pop(LongMemory.name)
+
+
+@pytest.fixture
+def long_memory():
+    Step.registry[LongMemory.name] = LongMemory
+    LongMemory.frames = 0
+    yield
+    Step.registry.pop(LongMemory.name)
+
+
+@pytest.mark.parametrize("chunk_seconds", [0.25, 2.0, 30.0])
+def test_long_pre_roll_does_not_scale_with_the_number_of_chunks(
+    make_app, tmp_path, long_memory, chunk_seconds
+):
+    app = make_app()
+    path = write_wav(tmp_path / "a.wav", music(30.0, rate=RATE, channels=1), RATE)
+    response = upload(
+        app.test_client(), path, pipeline="test_long_memory", chunk_seconds=str(chunk_seconds)
+    )
+    engine = app.extensions["audio_engine"]
+    task = engine.get(response.get_json()["task_id"])
+    assert task.retired.wait(60)
+    described = engine.describe(task)
+    assert described["status"] == "completed"
+    assert described["chunks_done"] == math.ceil(30.0 / chunk_seconds)  # chunks as asked
+    # One job per chunk would process 10 s of pre-roll per chunk (1,230 s for 0.25 s
+    # chunks); jobs of several chunks process at most about twice the audio.
+    assert LongMemory.frames <= 2 * 30 * RATE + 10 * RATE
+
+
+AMPLIFIERS = [
+    ",".join(["resample=rate=192000", "resample=rate=8000"] * 16),
+    "resample=rate=192000," + ",".join(["highpass=freq=10:order=8"] * 31),
+]
+
+
+@pytest.mark.parametrize("pipeline", AMPLIFIERS)
+def test_a_pipeline_over_the_cpu_budget_is_refused_with_what_it_would_cost(
+    make_app, tmp_path, pipeline
+):
+    app = make_app()
+    path = write_wav(tmp_path / "clip.wav", music(2.5, rate=44100), 44100)  # < 500 kB
+    response = upload(app.test_client(), path, pipeline=pipeline, chunk_seconds="0.25")
+    assert response.status_code == 400
+    body = response.get_json()
+    assert body["error"] == "pipeline_too_costly"
+    assert "CPU seconds per second of audio" in body["message"]
+    assert "the server allows 1" in body["message"] and "resample" in body["message"]
+    data = Path(app.config["DATA_DIR"])
+    assert [p.name for p in data.iterdir()] == ["uploads"]
+
+
+def test_the_cpu_budget_is_a_setting(make_app, tmp_path):
+    path = write_wav(tmp_path / "clip.wav", music(1.0, rate=44100), 44100)
+    strict = make_app(MAX_PIPELINE_COST=0.01).test_client()
+    response = upload(strict, path, pipeline="highpass=freq=80,compressor,loudness")
+    assert response.status_code == 400
+    assert "compressor" in response.get_json()["message"]
+    assert upload(strict, path, pipeline="gain=db=-1").status_code == 202
+
+
+def test_a_short_clip_completes_while_two_heavy_tasks_run(make_app, tmp_path):
+    app = make_app(WORKERS=2)
+    client = app.test_client()
+    engine = app.extensions["audio_engine"]
+    heavy_input = write_wav(tmp_path / "long.wav", music(30.0, rate=8000, channels=1), 8000)
+    heavy = "resample=rate=192000,compressor,highpass=freq=80:order=8,loudness"
+    heavies = []
+    for _ in range(2):
+        response = upload(client, heavy_input, pipeline=heavy, chunk_seconds="0.25")
+        assert response.status_code == 202, response.get_json()
+        heavies.append(engine.get(response.get_json()["task_id"]))
+    clip = write_wav(tmp_path / "clip.wav", music(30.0, rate=8000, channels=1), 8000)
+    response = upload(client, clip, pipeline="highpass=freq=80,normalize")
+    task = engine.get(response.get_json()["task_id"])
+    assert task.retired.wait(120)
+    assert engine.describe(task)["status"] == "completed"
+    # The clip got its share of the pool: it is done while both heavy tasks still run.
+    assert [engine.describe(other)["status"] for other in heavies] == ["processing"] * 2
+    for other in heavies:
+        engine.stop(other.id)

@@ -162,6 +162,35 @@ class Stage:
         """Frames of input per chunk: seconds long, rounded to the stage's alignment."""
         return max(1, round(seconds * self.input_rate / self.alignment)) * self.alignment
 
+    def chunks_per_job(self, chunk_frames: int) -> int:
+        """Chunks processed together in one job, so that pre-roll costs at most what they do.
+
+        A job processes its chunks' frames plus the stage's pre-roll and
+        look-ahead; with a long pre-roll (a slow compressor release, a steep
+        low filter) and short chunks, one job per chunk would process the same
+        pre-roll over and over. Jobs of several chunks keep the work per
+        second of audio at most twice the chunks' own, however short they are.
+        """
+        return max(1, -(-(self.pre_roll + self.post_roll) // chunk_frames))
+
+    def step_costs(self, chunk_frames: int) -> list[tuple[Step, float]]:
+        """Each step's estimated CPU seconds per second of audio, pre-roll included.
+
+        A step at rate r with c channels sees r * c samples a second, times the
+        stage's overhead: a job processes its chunks plus pre-roll and
+        look-ahead. The global step after the stage measures its output.
+        """
+        job = chunk_frames * self.chunks_per_job(chunk_frames)
+        overhead = (job + self.pre_roll + self.post_roll) / job
+        rate, channels = self.input_rate, self.input_channels
+        costs = []
+        for step in self.steps:
+            costs.append((step, step.cost(rate) * rate * channels * overhead * 1e-9))
+            rate, channels = step.output_rate(rate), step.output_channels(channels)
+        if self.boundary is not None:
+            costs.append((self.boundary, self.boundary.cost(rate) * rate * channels * 1e-9))
+        return costs
+
     def run(self, block: Block) -> Block:
         """Process one chunk; return its output with only the pre-roll the meter needs."""
         for step in self.steps:

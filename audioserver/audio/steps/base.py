@@ -159,6 +159,9 @@ class Step:
     params: ClassVar[tuple[Param, ...]] = ()
     example: ClassVar[str] = ""
     registry: ClassVar[dict[str, type[Step]]] = {}
+    # CPU nanoseconds per input sample (frame x channel), measured on the machine this
+    # project is built on: what the server's cost estimate of a pipeline adds up.
+    cost_ns: ClassVar[float] = 30.0
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -208,6 +211,10 @@ class Step:
     def alignment(self) -> int:
         """Chunks must start at a multiple of this many input frames (a resampler's phase)."""
         return 1
+
+    def cost(self, sample_rate: int) -> float:
+        """Estimated CPU nanoseconds per input sample at this input rate (for the budget)."""
+        return self.cost_ns
 
     def output_rate(self, sample_rate: int) -> int:
         """The sample rate of this step's output."""

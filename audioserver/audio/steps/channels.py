@@ -9,6 +9,7 @@ from .base import Block, Step
 
 class Mono(Step):
     name = "mono"
+    cost_ns = 35.0
     description = "Mixes all channels into one (their average, so a full-scale signal stays so)."
     example = "mono"
 

@@ -65,6 +65,7 @@ def _coefficient(time_ms: float, sample_rate: int) -> float:
 
 class Compressor(Step):
     name = "compressor"
+    cost_ns = 150.0
     description = (
         "Feed-forward compressor (hard knee, channels linked): reduces the level above "
         "threshold_db by ratio, with attack and release smoothing."

@@ -25,6 +25,7 @@ def _ramp(block: Block, gains: np.ndarray) -> Block:
 
 class FadeIn(Step):
     name = "fade_in"
+    cost_ns = 30.0
     description = (
         "Fades in from silence over the first seconds (a linear ramp, 0 at the first frame)."
     )
@@ -42,6 +43,7 @@ class FadeIn(Step):
 
 class FadeOut(GlobalStep):
     name = "fade_out"
+    cost_ns = 30.0
     description = "Fades out to silence over the last seconds (a linear ramp, 0 at the last frame)."
     kind = "position-dependent"
     params = (_SECONDS,)

@@ -50,6 +50,9 @@ class _Butterworth(Step):
     def cutoff(self) -> float | list[float]:
         return self.options["freq"]
 
+    def cost(self, sample_rate: int) -> float:
+        return 20.0 + 3.0 * self.options["order"] * (2 if self.name == "bandpass" else 1)
+
     def bind(self, sample_rate: int, channels: int) -> None:
         super().bind(sample_rate, channels)
         self.sos = signal.butter(

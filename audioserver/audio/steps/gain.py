@@ -7,6 +7,7 @@ from .base import Block, Param, Step, db_to_gain
 
 class Gain(Step):
     name = "gain"
+    cost_ns = 6.0
     description = "Changes the level by a fixed number of decibels."
     params = (Param(name="db", default=0.0, min=-60.0, max=40.0, unit="dB",
                     description="level change; positive is louder"),)  # fmt: skip

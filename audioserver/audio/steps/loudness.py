@@ -28,6 +28,7 @@ class _Measure:
 
 class Loudness(GlobalStep):
     name = "loudness"
+    cost_ns = 70.0  # measuring (K-weighting, 100 ms energies), then a gain
     description = (
         "Loudness normalisation: one gain so the file's integrated loudness (ITU-R BS.1770-4) "
         "reaches target, lowered if needed to keep the sample peak at or under max_peak."

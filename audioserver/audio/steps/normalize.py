@@ -16,6 +16,7 @@ logger = logging.getLogger(__name__)
 
 class Normalize(GlobalStep):
     name = "normalize"
+    cost_ns = 10.0  # measuring the peak, then a gain
     description = "Peak normalisation: one gain so that the file's sample peak reaches peak_db."
     params = (Param(name="peak_db", default=-1.0, min=-60.0, max=0.0, unit="dBFS",
                     description="sample peak the file is brought to"),)  # fmt: skip

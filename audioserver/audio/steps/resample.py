@@ -37,6 +37,7 @@ def lowpass_fir(up: int, down: int) -> np.ndarray:
 
 class Resample(Step):
     name = "resample"
+    cost_ns = 500.0  # per output sample, when it has more samples than the input
     description = "Converts to another sample rate (polyphase Kaiser FIR, about 120 dB rejection)."
     kind = "stateful"
     params = (Param(name="rate", type=int, min=8000, max=192000, unit="Hz",
@@ -53,6 +54,9 @@ class Resample(Step):
         self.fir = lowpass_fir(self.up, self.down)
         # Input frames the centred filter reaches on each side of an output frame.
         self.context = math.ceil((len(self.fir) // 2) / self.up) + 1
+
+    def cost(self, sample_rate: int) -> float:
+        return self.cost_ns * max(1.0, self.output_rate(sample_rate) / sample_rate)
 
     def output_rate(self, sample_rate: int) -> int:
         return self.options["rate"]
