@@ -215,6 +215,7 @@ def make_engine(folder: Path, *, workers: int | None, tasks: int, events: Ending
         chunk_window=settings["CHUNK_WINDOW"],
         max_audio_seconds=settings["MAX_AUDIO_SECONDS"],
         max_audio_samples=settings["MAX_AUDIO_SAMPLES"],
+        max_pipeline_cost=settings["MAX_PIPELINE_COST"],
         stall_seconds=settings["DECODE_STALL_SECONDS"],
         sweep_seconds=0,  # nothing outlives the command
         broadcaster=events,
