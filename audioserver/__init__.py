@@ -12,8 +12,8 @@ if TYPE_CHECKING:
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """Build the app: settings, Socket.IO, the task engine, error handlers and endpoints."""
-    # Imported here: the client (audioserver.client) shares this package and starts
-    # without loading the server's numpy, scipy and numba.
+    # Imported here: audio-server --help (audioserver.config) answers without loading
+    # Flask, numpy, scipy and numba.
     from flask import Flask
     from flask_socketio import SocketIO
 

@@ -214,7 +214,8 @@ def parse_command_line(
         description="Audio processing server: upload, chunked parallel processing, "
         "Socket.IO streaming of every processed chunk.",
         epilog="Every flag can also be set in the environment as AUDIO_<NAME> "
-        "(HOST and PORT also plainly).",
+        "(HOST and PORT also plainly). To process files on this machine without a server: "
+        "%(prog)s process FILE... (see %(prog)s process --help).",
     )
     for setting in SETTINGS:
         parser.add_argument(

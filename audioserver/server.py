@@ -57,6 +57,11 @@ def main(argv: list[str] | None = None) -> None:
     """Read the settings (defaults, environment, flags), set up logging and serve."""
     command = Path(sys.argv[0]).name
     prog = "python app.py" if command == "app.py" else command
+    arguments = sys.argv[1:] if argv is None else argv
+    if arguments[:1] == ["process"]:  # files processed here, with no server: see local.py
+        from . import local
+
+        sys.exit(local.main(arguments[1:], prog=f"{prog} process"))
     overrides = config.parse_command_line(argv, prog=prog)
     settings = {**config.defaults(), **config.from_environment(), **overrides}
     configure_logging(settings["LOG_LEVEL"])

@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 from werkzeug.serving import make_server
 
+from audioclient import InOrderClient
 from audioserver.audio.ffmpeg import configure_pydub, find_ffmpeg
 from audioserver.audio.pipeline import Pipeline
 from audioserver.audio.steps import Block, Param, Step
-from audioserver.client import InOrderClient
 from bench.harness import ServerProcess, free_port  # noqa: F401  (for the tests)
 
 ROOT = Path(__file__).resolve().parent.parent
