@@ -4,9 +4,12 @@
 
 One worker process: tasks, Socket.IO rooms and the replay store live in it
 (more processes would need sticky sessions and a message queue). Every open
-WebSocket holds one thread, so `threads` bounds the connected clients plus
-the requests in progress. The chunks are processed by the app's own pool
-(AUDIO_WORKERS), not by these threads.
+WebSocket holds one thread, idle or not, so `threads` bounds the connected
+clients plus the requests in progress: size GUNICORN_THREADS for the clients
+expected at once, plus AUDIO_MAX_UPLOADS, plus a margin. A request being read
+holds a thread too, so slow clients belong to nginx in front, which reads
+requests whole and times them out (README, Deployment). The chunks are
+processed by the app's own pool (AUDIO_WORKERS), not by these threads.
 """
 
 import os
@@ -34,6 +37,7 @@ def post_worker_init(worker):
     gunicorns_own = signal.getsignal(signal.SIGTERM)
 
     def stop_tasks_then_exit(signum, frame):
+        app.extensions["uploads"].close()  # uploads in progress end, their .part files go
         app.extensions["audio_engine"].shutdown()
         gunicorns_own(signum, frame)
 

@@ -12,6 +12,12 @@ if [ ! -x "$chromium" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; 
 elif [ ! -x "$chromium" ]; then
     echo "No chromium at $chromium: tests/browser will skip (as root: apt-get install chromium)." >&2
 fi
+# The deployment test runs nginx in front of gunicorn: install it the same way.
+if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "Installing nginx for the deployment tests (apt-get)..." >&2
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null; } ||
+        echo "Could not install nginx: its deployment test will skip (and fail under CI=true)." >&2
+fi
 .venv/bin/python -m ruff check .
 .venv/bin/python -m ruff format --check .
 exec .venv/bin/python -m pytest "$@"

@@ -12,8 +12,8 @@ if TYPE_CHECKING:
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """Build the app: settings, Socket.IO, the task engine, error handlers and endpoints."""
-    # Imported here: the client (audioserver.client) shares this package and starts
-    # without loading the server's numpy, scipy and numba.
+    # Imported here: audio-server --help (audioserver.config) answers without loading
+    # Flask, numpy, scipy and numba.
     from flask import Flask
     from flask_socketio import SocketIO
 
@@ -69,6 +69,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         result_ttl_seconds=app.config["RESULT_TTL_HOURS"] * 3600,
         max_data_bytes=int(app.config["MAX_DATA_MB"] * 1024 * 1024),
         sweep_seconds=app.config["SWEEP_SECONDS"],
+        disk_reserve_bytes=int(app.config["DISK_RESERVE_MB"] * 1024 * 1024),
         broadcaster=broadcaster,
         observer=metrics,
     )

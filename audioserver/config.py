@@ -78,6 +78,32 @@ SETTINGS: tuple[Setting, ...] = (
         help="largest upload accepted, in MB (larger: 413)",
     ),
     Setting(
+        name="MAX_UPLOADS",
+        default=32,
+        type=int,
+        help="uploads received at the same time (each holds a connection); beyond this: 503",
+    ),
+    Setting(
+        name="UPLOAD_TIMEOUT_SECONDS",
+        default=30.0,
+        type=float,
+        help="an upload whose body sends nothing for this long is cut off (408) and deleted",
+    ),
+    Setting(
+        name="IDLE_TIMEOUT_SECONDS",
+        default=60.0,
+        type=float,
+        help="python app.py closes a connection that sends nothing for this long (at least "
+        "UPLOAD_TIMEOUT_SECONDS + 2; Socket.IO clients send every 25 s)",
+    ),
+    Setting(
+        name="DISK_RESERVE_MB",
+        default=100.0,
+        type=float,
+        help="space kept free on the data folder's disk: an upload or a task that would "
+        "leave less gets 507",
+    ),
+    Setting(
         name="MAX_ACTIVE_TASKS",
         default=4,
         type=int,
@@ -197,7 +223,8 @@ def parse_command_line(
         description="Audio processing server: upload, chunked parallel processing, "
         "Socket.IO streaming of every processed chunk.",
         epilog="Every flag can also be set in the environment as AUDIO_<NAME> "
-        "(HOST and PORT also plainly).",
+        "(HOST and PORT also plainly). To process files on this machine without a server: "
+        "%(prog)s process FILE... (see %(prog)s process --help).",
     )
     for setting in SETTINGS:
         parser.add_argument(

@@ -7,11 +7,13 @@ carry the HTTP status and a short machine-readable code::
     ├── BadRequest                400  (missing_file, empty_filename, bad_json, bad_host, ...)
     │   └── ParameterError        400  invalid_parameter / invalid_pipeline
     ├── TaskNotFound              404  task_not_found
+    ├── UploadTimeout             408  upload_timeout
     ├── TaskConflict              409  task_finished / task_not_ready / task_failed
     ├── PayloadTooLarge           413  too_large
     ├── UnsupportedMedia          415  not_audio
     │   └── DecodeError                (ffmpeg could not decode the upload)
-    └── AtCapacity                503  at_capacity (+ .retry_after seconds)
+    ├── AtCapacity                503  at_capacity (+ .retry_after seconds)
+    └── InsufficientStorage       507  insufficient_storage
 
 The audio package raises ``ParameterError`` and ``DecodeError`` without
 knowing anything of HTTP; ``init_app`` registers the handlers that answer
@@ -70,6 +72,13 @@ class TaskNotFound(AudioServerError):
     code = "task_not_found"
 
 
+class UploadTimeout(AudioServerError):
+    """The upload's body stopped arriving: nothing came for the configured time."""
+
+    status = 408
+    code = "upload_timeout"
+
+
 class TaskConflict(AudioServerError):
     """The task is in a state that does not allow the request."""
 
@@ -104,6 +113,13 @@ class AtCapacity(AudioServerError):
     def __init__(self, message: str, *, retry_after: int = 5, **extra: Any) -> None:
         super().__init__(message, **extra)
         self.retry_after = retry_after
+
+
+class InsufficientStorage(AudioServerError):
+    """The data directory's disk cannot hold the upload, or what its task would write."""
+
+    status = 507
+    code = "insufficient_storage"
 
 
 class FaultLog:

@@ -57,10 +57,12 @@ def _errors(*statuses: int) -> dict[str, Any]:
 _ERROR_NAMES = {
     400: "BadRequest",
     404: "NotFound",
+    408: "UploadTimeout",
     409: "Conflict",
     413: "TooLarge",
     415: "NotAudio",
     503: "AtCapacity",
+    507: "InsufficientStorage",
 }
 
 _TASK_ID = {
@@ -83,10 +85,12 @@ def _schemas(chunk_seconds: tuple[float, float, float]) -> dict[str, Any]:
         "Error": {
             "type": "object",
             "description": (
-                "Every error answer. Codes: missing_file, empty_filename, invalid_parameter, "
-                "invalid_pipeline, bad_json (400); task_not_found, not_found (404); "
-                "method_not_allowed (405); task_finished, task_not_ready, task_failed, "
-                "result_unavailable (409); too_large (413); not_audio (415); at_capacity (503)."
+                "Every error answer. Codes: missing_file, empty_filename, too_many_files, "
+                "invalid_parameter, invalid_pipeline, bad_json (400); task_not_found, not_found "
+                "(404); method_not_allowed (405); upload_timeout (408); task_finished, "
+                "task_not_ready, task_failed, result_unavailable (409); too_large, "
+                "form_too_large (413); not_audio (415); at_capacity (503); "
+                "insufficient_storage (507)."
             ),
             "required": ["error", "message"],
             "properties": {
@@ -375,13 +379,20 @@ _RESPONSES = {
         {"allOf": [_ref("Error"), {"required": ["status"]}]},
         "The task's status does not allow this (the body has `status`).",
     ),
-    "TooLarge": _error_response("The upload is larger than the server's limit (MAX_UPLOAD_MB)."),
+    "UploadTimeout": _error_response(
+        "The upload's body sent nothing for UPLOAD_TIMEOUT_SECONDS and was cut off."
+    ),
+    "TooLarge": _error_response(
+        "The upload is larger than the server's limit (MAX_UPLOAD_MB), or its form has more "
+        "than 16 parts (form_too_large)."
+    ),
     "NotAudio": _error_response(
         "The upload is not audio ffmpeg can decode, or has no audio stream (ffmpeg's reason is "
         "in the message)."
     ),
     "AtCapacity": _error_response(
-        "Too many tasks are running and waiting; retry after `Retry-After` seconds.",
+        "Too many tasks are running and waiting, or too many uploads are being received "
+        "(MAX_UPLOADS); retry after `Retry-After` seconds.",
         headers={
             "Retry-After": {
                 "required": True,
@@ -389,6 +400,10 @@ _RESPONSES = {
                 "schema": {"type": "integer", "minimum": 0},
             }
         },
+    ),
+    "InsufficientStorage": _error_response(
+        "The data folder's disk cannot hold the upload, or what its task would write, and keep "
+        "DISK_RESERVE_MB free."
     ),
 }
 
@@ -505,7 +520,7 @@ def _paths() -> dict[str, Any]:
                         },
                         links=_task_links(),
                     ),
-                    **_errors(400, 413, 415, 503),
+                    **_errors(400, 408, 413, 415, 503, 507),
                 },
             }
         },

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import tempfile
 import unicodedata
 from pathlib import Path, PurePath
 from typing import Any
@@ -11,10 +10,8 @@ from urllib.parse import quote
 
 from flask import (
     Blueprint,
-    Request,
     Response,
     current_app,
-    g,
     jsonify,
     render_template,
     request,
@@ -22,46 +19,23 @@ from flask import (
 )
 from werkzeug.datastructures import MultiDict
 
-from . import openapi
+from . import openapi, uploads
 from .audio.encoders import FORMATS
 from .audio.pipeline import MAX_STEPS, Pipeline
 from .audio.steps import catalogue
 from .errors import BadRequest, ParameterError
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .tasks import TaskEngine, TaskOptions
+from .uploads import UPLOADS, UploadRequest  # noqa: F401  (create_app's request class)
 
 bp = Blueprint("api", __name__)
 
-UPLOADS = "uploads"
 CHUNK_SECONDS = (0.25, 60.0, 2.0)  # min, max, default
 
 
-class UploadRequest(Request):
-    """A request whose uploaded files go straight into the data directory.
-
-    Werkzeug would spool them to the system temp folder, and the server would
-    then copy them; here each part is written once, under DATA_DIR/uploads,
-    and moved into its task's folder. Parts no task claimed are deleted when
-    the request ends (see ``remove_unclaimed_uploads``).
-    """
-
-    def _get_file_stream(
-        self, total_content_length, content_type, filename=None, content_length=None
-    ):
-        folder = Path(current_app.config["DATA_DIR"]) / UPLOADS
-        part = tempfile.NamedTemporaryFile(  # noqa: SIM115  (closed by remove_unclaimed_uploads)
-            "w+b", dir=folder, prefix="upload-", suffix=".part", delete=False
-        )
-        g.setdefault("upload_parts", []).append(part)
-        return part
-
-
-@bp.teardown_app_request
-def remove_unclaimed_uploads(error: BaseException | None = None) -> None:
-    """Close every uploaded part and delete those no task took."""
-    for part in g.pop("upload_parts", []):
-        part.close()
-        Path(part.name).unlink(missing_ok=True)
+@bp.record_once
+def _set_up_uploads(state) -> None:
+    uploads.init_app(state.app)
 
 
 def _engine() -> TaskEngine:
@@ -149,6 +123,7 @@ def index():
 def upload():
     """Accept a file and its options; answer 202 with the task while it is processed."""
     engine = _engine()
+    uploads.begin_upload()
     engine.check_capacity()
     options = upload_options(request.form)
     subscriber = _sid(request.form)
@@ -172,10 +147,11 @@ def upload():
             "The uploaded file has no filename; choose a file to upload.", code="empty_filename"
         )
     path = Path(file.stream.name)
-    file.stream.close()
-    task = engine.create(
-        path, filename=clean_filename(file.filename), options=options, subscriber=subscriber
-    )
+    with uploads.disk_full_is_507("this upload and its task"):
+        file.stream.close()
+        task = engine.create(
+            path, filename=clean_filename(file.filename), options=options, subscriber=subscriber
+        )
     response = jsonify(engine.describe(task))
     response.status_code = 202
     response.headers["Location"] = f"/tasks/{task.id}"

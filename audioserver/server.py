@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler
 from werkzeug.serving import make_server as make_werkzeug_server
 
-from . import config, create_app
+from . import config, create_app, uploads
 from .errors import CLIENT_FAULTS
 from .security import STATIC_HEADERS, content_security_policy
 
@@ -102,8 +102,13 @@ class RequestHandler(WSGIRequestHandler):
 
 
 def make_server(app: Flask, host: str, port: int) -> BaseWSGIServer:
-    """Werkzeug's threaded server for app on host:port (port 0: any free port), not yet serving."""
-    return make_werkzeug_server(host, port, app, threaded=True, request_handler=RequestHandler)
+    """Werkzeug's threaded server for app on host:port (port 0: any free port), not yet serving.
+
+    Its connections are handled by ``RequestHandler``, with the idle timeout of
+    ``uploads.idle_timeout_handler``.
+    """
+    handler = uploads.idle_timeout_handler(app, RequestHandler)
+    return make_werkzeug_server(host, port, app, threaded=True, request_handler=handler)
 
 
 def stop_on_sigterm(app) -> None:
@@ -116,6 +121,7 @@ def stop_on_sigterm(app) -> None:
 
     def stop(signum, frame) -> None:
         logger.info("SIGTERM: stopping the running tasks")
+        app.extensions["uploads"].close()  # uploads in progress end, their .part files go
         app.extensions["audio_engine"].shutdown(timeout=3.0)
         app.extensions["socketio"].server.eio.logger.disabled = True  # no noise while closing
         app.extensions["audio_broadcaster"].drain(timeout=1.0)
@@ -129,6 +135,11 @@ def main(argv: list[str] | None = None) -> None:
     """Read the settings (defaults, environment, flags), set up logging and serve."""
     command = Path(sys.argv[0]).name
     prog = "python app.py" if command == "app.py" else command
+    arguments = sys.argv[1:] if argv is None else argv
+    if arguments[:1] == ["process"]:  # files processed here, with no server: see local.py
+        from . import local
+
+        sys.exit(local.main(arguments[1:], prog=f"{prog} process"))
     overrides = config.parse_command_line(argv, prog=prog)
     settings = {**config.defaults(), **config.from_environment(), **overrides}
     configure_logging(settings["LOG_LEVEL"])

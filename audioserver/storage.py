@@ -23,10 +23,13 @@ import contextlib
 import json
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from .audio.encode import WavWriter
+from .audio.pipeline import Stage
+from .errors import InsufficientStorage
 
 
 class ChunkStore:
@@ -140,3 +143,37 @@ def folder_bytes(folder: Path) -> int:
             if path.is_file():
                 total += path.stat().st_size
     return total
+
+
+# chunks.jsonl: about 2.3 kB per second of audio (the waveform) and 0.7 kB per chunk (levels,
+# spectrum); rounded up.
+ANALYSIS_BYTES_PER_SECOND = 2_500
+ANALYSIS_BYTES_PER_CHUNK = 1_000
+MB = 1024 * 1024
+
+
+def expected_bytes(
+    *, seconds: float, stages: Sequence[Stage], chunk_seconds: float, encoded: bool
+) -> int:
+    """Return the most a task's files take: spools, result WAV (and encoded copy), analysis.
+
+    The encoded result (FLAC, MP3, ...) is counted as large as the WAV, which
+    none exceeds by much; spools are float32, the WAV 16-bit.
+    """
+    spools = sum(seconds * stage.output_rate * stage.output_channels * 4 for stage in stages[:-1])
+    last = stages[-1]
+    result = seconds * last.output_rate * last.output_channels * 2 * (2 if encoded else 1)
+    analysis = seconds * (ANALYSIS_BYTES_PER_SECOND + ANALYSIS_BYTES_PER_CHUNK / chunk_seconds)
+    return int(spools + result + analysis)
+
+
+def check_room(folder: Path, needed: int, *, reserve: int) -> None:
+    """Raise InsufficientStorage unless needed bytes fit on folder's disk with reserve left free."""
+    free = shutil.disk_usage(folder).free
+    if free - needed < reserve:
+        raise InsufficientStorage(
+            f"The server's disk cannot hold this task: it would write about "
+            f"{needed / MB:,.0f} MB (with what the running tasks have still to write), and "
+            f"{free / MB:,.0f} MB are free, {reserve / MB:,.0f} MB of them kept in reserve. "
+            "Try again later, or send a shorter file or one at a lower sample rate."
+        )

@@ -51,7 +51,14 @@ from .errors import (
     TaskConflict,
     TaskNotFound,
 )
-from .storage import folder_bytes, load_snapshot, remove_folder, save_snapshot
+from .storage import (
+    check_room,
+    expected_bytes,
+    folder_bytes,
+    load_snapshot,
+    remove_folder,
+    save_snapshot,
+)
 from .task import INTERNAL_META, TERMINAL, ChunkOutput, Status, Task, TaskOptions, now
 
 __all__ = ["Broadcaster", "Status", "Task", "TaskEngine", "TaskOptions"]
@@ -153,6 +160,7 @@ class TaskEngine:
         result_ttl_seconds: float = 24 * 3600.0,
         max_data_bytes: int = 0,
         sweep_seconds: float = 60.0,
+        disk_reserve_bytes: int = 0,
         broadcaster: Broadcaster | None = None,
         observer: Observer | None = None,
     ) -> None:
@@ -185,6 +193,7 @@ class TaskEngine:
         self._closed = False
         self.result_ttl_seconds = result_ttl_seconds
         self.max_data_bytes = max_data_bytes
+        self.disk_reserve_bytes = disk_reserve_bytes
         self._restore()
         self._stop_sweeping = threading.Event()
         self.swept = threading.Event()  # set after each periodic sweep
@@ -410,6 +419,7 @@ class TaskEngine:
                 info.sample_rate, info.channels, output_pre_roll=OutputMeter.pre_roll
             )
             self._check_cost(stages, options.chunk_seconds, info)
+            self._check_room(info, stages, options)
             task = Task(
                 task_id=task_id,
                 filename=filename,
@@ -466,6 +476,29 @@ class TaskEngine:
                 decoder.kill()
                 raise PayloadTooLarge(self._too_much_audio(info), code="too_much_audio")
             yield chunk
+
+    def _check_room(self, info: AudioInfo, stages: list[Stage], options: TaskOptions) -> None:
+        """Refuse a task (507) the disk cannot hold besides what running tasks will still write."""
+        with self._lock:
+            running = [task for task in self._tasks.values() if task.status not in TERMINAL]
+        needed = self._expected_bytes(info, stages, options)
+        for task in running:
+            expected = self._expected_bytes(task.info, task.stages, task.options)
+            needed += max(0, expected - folder_bytes(task.folder))
+        check_room(self.data_dir, needed, reserve=self.disk_reserve_bytes)
+
+    def _expected_bytes(self, info: AudioInfo, stages: list[Stage], options: TaskOptions) -> int:
+        """The most a task writes (a file that does not say its length may last the limits)."""
+        longest = min(
+            self.max_audio_seconds, self.max_audio_samples / (info.sample_rate * info.channels)
+        )
+        seconds = min(info.duration or longest, longest)
+        return expected_bytes(
+            seconds=seconds,
+            stages=stages,
+            chunk_seconds=options.chunk_seconds,
+            encoded=FORMATS[options.format].needs_encoder,
+        )
 
     def _enqueue(self, task: Task) -> None:
         idle: Decoder | None = None
@@ -636,7 +669,7 @@ class TaskEngine:
             task.jobs.add()
             self._pool.submit(self._process, task, stage, job, spool, measurements, chunk_frames)
             jobs += 1
-            chunks += -(-len(job.block.body) // chunk_frames)
+            chunks += -(-job.body_frames // chunk_frames)
         self._source_ended(task, stage, chunks, last=spool is None)
         if not task.window.drain():
             return None
@@ -677,8 +710,8 @@ class TaskEngine:
                 task.window.release()  # dropped: a stopped task never holds a worker
                 return
             started = time.perf_counter()
-            source = chunk.block
-            block = stage.run(replace(source, samples=source.samples.astype(np.float64)))
+            source = chunk.block()  # the chunk's pydub segment, as float64 samples
+            block = stage.run(source)
             if task.stopping.is_set():
                 # Stopped while this chunk ran: drop it here, before any analysis,
                 # encoding or storing (the stop flag is the worker's to check).

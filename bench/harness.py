@@ -20,8 +20,8 @@ from typing import Any
 
 import requests
 
+from audioclient import InOrderClient
 from audioserver.audio.ffmpeg import find_ffmpeg
-from audioserver.client import InOrderClient
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / "bench" / "cache"

@@ -1,5 +1,9 @@
 """Benchmark the server against ffmpeg-normalize and the decode floor; print a table, write JSON.
 
+ffmpeg-normalize's job is timed three ways on the same file and pipeline: by
+ffmpeg-normalize, through the server (upload to the last chunk received), and
+by ``python app.py process`` (the same engine in one process, no server).
+
     .venv/bin/python bench/run.py            # full: 6- and 40-minute files, medians of 3 runs
     .venv/bin/python bench/run.py --short    # small files, one run: what CI runs
 
@@ -89,6 +93,11 @@ def measure_e2e(sizes: Sizes, files: dict[str, Path]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as folder:
         command, env = ffmpeg_normalize_command(long, Path(folder) / "out.wav")
         results["ffmpeg_normalize_s"] = median(lambda: run_command(command, env=env), sizes.runs)
+    with tempfile.TemporaryDirectory() as folder:
+        output = Path(folder) / "out.wav"
+        local = [sys.executable, str(ROOT / "app.py"), "process", str(long), "--pipeline",
+                 PIPELINE, "--workers", str(CORES), "-o", str(output)]  # fmt: skip
+        results["local_process_s"] = median(lambda: run_command(local), sizes.runs)
     decode = [find_ffmpeg(), "-v", "error", "-i", str(long), "-f", "null", "-"]
     results["decode_floor_s"] = median(lambda: run_command(decode), sizes.runs)
     with ServerProcess(workers=CORES) as server:
@@ -189,6 +198,8 @@ def table(results: dict[str, Any], sizes: Sizes) -> list[dict[str, Any]]:
     r = results
     rows = [
         ("E2E vs ffmpeg-normalize (x faster)", r["ffmpeg_normalize_s"] / r["e2e_s"], ">=", 5.0),
+        ("audio-server process vs ffmpeg-normalize (x faster)",
+         r["ffmpeg_normalize_s"] / r["local_process_s"], ">=", 5.0),
         ("E2E vs decode floor (x slower)", r["e2e_s"] / r["decode_floor_s"], "<=", 2.5),
         (f"Scaling: {CORES} workers over 1 (x)", r["e2e_1_worker_s"] / r["e2e_s"], ">=",
          0.8 * CORES),

@@ -9,7 +9,7 @@ import wave
 
 import requests
 
-from audioserver.client import InOrderClient  # a socketio.Client that keeps event order
+from audioclient import InOrderClient  # a socketio.Client that keeps event order
 
 path = sys.argv[1]
 pipeline = sys.argv[2] if len(sys.argv) > 2 else "highpass=freq=80,normalize"

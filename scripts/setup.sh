@@ -14,12 +14,15 @@ if [ ! -x .venv/bin/python ]; then
     "$python" -m venv .venv
 fi
 stamp=".venv/.setup-stamp-$(basename "$requirements")"
-digest="$(cat requirements*.txt pyproject.toml setup.py scripts/setup.sh | sha256sum | cut -d' ' -f1)"
+digest="$(cat requirements*.txt pyproject.toml setup.py client/pyproject.toml scripts/setup.sh |
+    sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$digest" ]; then
     .venv/bin/python -m pip install --quiet --upgrade pip
     .venv/bin/python -m pip install --quiet -r "$requirements"
     # The project itself, editable: scripts and examples can import audioserver.
     .venv/bin/python -m pip install --quiet --no-deps -e .
+    # The command-line client (its own distribution, client/), editable, with its few libraries.
+    .venv/bin/python -m pip install --quiet -e ./client
     echo "$digest" > "$stamp"
 fi
 

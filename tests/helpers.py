@@ -9,6 +9,7 @@ import functools
 import io
 import random
 import shlex
+import struct
 import subprocess
 import threading
 import time
@@ -19,10 +20,10 @@ from typing import Any
 
 import numpy as np
 
+from audioclient import InOrderClient
 from audioserver.audio.ffmpeg import configure_pydub, find_ffmpeg
 from audioserver.audio.pipeline import Pipeline
 from audioserver.audio.steps import Block, Param, Step
-from audioserver.client import InOrderClient
 from audioserver.server import make_server
 from bench.harness import ServerProcess, free_port  # noqa: F401  (for the tests)
 
@@ -108,6 +109,27 @@ def write_wav(path: Path, samples: np.ndarray, rate: int) -> Path:
         out.setframerate(rate)
         out.writeframes(to_int16(samples).tobytes())
     return Path(path)
+
+
+def write_float_wav(path: Path, samples: np.ndarray, rate: int) -> Path:
+    """Write 32-bit float WAV (WAVE_FORMAT_IEEE_FLOAT): samples beyond full scale are kept."""
+    samples = samples if samples.ndim == 2 else samples[:, np.newaxis]
+    data = np.ascontiguousarray(samples, dtype="<f4").tobytes()
+    channels = samples.shape[1]
+    fmt = struct.pack("<HHIIHH", 3, channels, rate, rate * channels * 4, channels * 4, 32)
+    header = b"RIFF" + struct.pack("<I", 4 + 8 + len(fmt) + 8 + len(data)) + b"WAVE"
+    chunks = b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", len(data))
+    Path(path).write_bytes(header + chunks + data)
+    return Path(path)
+
+
+def ffmpeg_decode_float(path: Path) -> np.ndarray:
+    """Decode a file with ffmpeg's own CLI to float32 (overs kept): float64, (frames, channels)."""
+    command = [find_ffmpeg(), "-v", "error", "-i", str(path), "-f", "wav", "-c:a", "pcm_f32le"]
+    output = subprocess.run([*command, "-"], capture_output=True, check=True).stdout
+    channels = int.from_bytes(output[22:24], "little")
+    data_at = output.index(b"data") + 8
+    return np.frombuffer(output[data_at:], dtype="<f4").reshape(-1, channels).astype(np.float64)
 
 
 def read_wav(source: Path | bytes) -> tuple[np.ndarray, int]:

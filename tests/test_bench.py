@@ -26,10 +26,12 @@ def test_the_benchmark_measures_every_figure(tmp_path):
     report = json.loads(report_path.read_text())
     assert report["mode"] == "short"
     figures = {row["figure"]: row for row in report["figures"]}
-    assert len(figures) == 10
+    assert len(figures) == 11
+    assert "audio-server process vs ffmpeg-normalize (x faster)" in figures
     for row in figures.values():
         assert math.isfinite(row["value"]) and row["value"] > 0, row
     measured = report["measurements"]
+    assert measured["local_process_s"] > 0
     assert measured["clients_completed"] == measured["clients"] and not measured["client_errors"]
     assert measured["audio_complete"] == 1.0  # the client received every byte of audio
     assert measured["stop_pool_stayed_busy"] is True

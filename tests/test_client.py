@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 from helpers import to_int16
 
+from audioclient import cli
+from audioclient.api import ClientError, ServerError, filename_of
+from audioclient.connection import Connection
+from audioclient.job import Job, ProcessOptions, completed_report
+from audioclient.progress import ProgressBar
 from audioserver.audio.pipeline import Pipeline
-from audioserver.client import cli
-from audioserver.client.api import ClientError, ServerError, filename_of
-from audioserver.client.connection import Connection
-from audioserver.client.job import Job, ProcessOptions, completed_report
-from audioserver.client.progress import ProgressBar
 
 
 def test_help_lists_every_command(capsys):
@@ -43,6 +43,11 @@ def test_help_lists_every_command(capsys):
 def test_the_format_comes_from_the_output_name(output, expected):
     with expected as fmt:
         assert cli.format_of(output) == fmt
+
+
+def test_the_output_of_several_files_is_a_folder_whatever_its_name():
+    assert cli.format_of("outdir", several=True) == "wav"
+    assert cli.format_of("outdir.flac", several=True) == "wav"
 
 
 def test_outputs_go_beside_the_inputs_or_into_a_folder(tmp_path):
@@ -114,6 +119,22 @@ def test_the_progress_bar_shows_percent_realtime_factor_chunks_and_eta():
     bar.close()
     last = screen.getvalue().split("\r")[-1]
     assert re.match(r"song\.mp3  50%\|.*\| ETA [0-9:?]+, 40\.5x realtime, 7/15 chunks", last)
+
+
+def test_the_bar_shows_the_upload_then_the_processing_from_zero():
+    screen = io.StringIO()
+    bar = ProgressBar("big.wav", enabled=True, file=screen)
+    mb = 1024 * 1024
+    for sent in range(0, 301 * mb, mb):  # one call a block: drawn at most ten times a second
+        bar.uploading(min(sent, 300 * mb), 300 * mb)
+    drawn = screen.getvalue().split("\r")
+    assert re.match(r"big\.wav 100%\|.*\| ETA [0-9:?]+, uploading 300\.0/300\.0 MB", drawn[-1])
+    assert len(drawn) < 30
+    bar.show(fraction=0.1, realtime_factor=None, chunks=1, chunks_total=10)
+    bar.close()
+    last = screen.getvalue().split("\r")[-1]
+    assert re.match(r"big\.wav  10%\|.*\| ETA [0-9:?]+, 1/10 chunks", last)
+    assert "uploading" not in last
 
 
 @pytest.mark.parametrize(

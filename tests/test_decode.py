@@ -7,9 +7,19 @@ import time
 
 import numpy as np
 import pytest
-from helpers import ffmpeg_decode, ffmpeg_make, music, to_int16, write_wav
+from helpers import (
+    ffmpeg_decode,
+    ffmpeg_decode_float,
+    ffmpeg_make,
+    music,
+    sine,
+    to_int16,
+    write_float_wav,
+    write_wav,
+)
 
-from audioserver.audio.decode import Decoder
+from audioserver.audio.decode import HEADROOM_BITS, Decoder
+from audioserver.audio.pcm import AudioSegment, to_float
 from audioserver.errors import DecodeError
 
 
@@ -28,9 +38,10 @@ def decode(ffmpeg):
 
 
 def read_all(decoder: Decoder, block: int = 10_000) -> np.ndarray:
+    """Read to the end; return float64 samples (full scale 1.0) of shape (frames, channels)."""
     parts = []
-    while len(part := decoder.read(block)):
-        parts.append(part)
+    while (segment := decoder.read(block)).frame_count():
+        parts.append(to_float(segment, headroom_bits=decoder.headroom_bits))
     return np.concatenate(parts)
 
 
@@ -41,9 +52,45 @@ def test_wav_decodes_to_exactly_its_samples(decode, tmp_path):
     assert decoder.info.duration == pytest.approx(2.5, abs=0.01)
     assert decoder.info.codec == "pcm_s16le"
     decoded = read_all(decoder, block=4096)
-    assert decoded.dtype == np.float32
     np.testing.assert_array_equal(decoded, to_int16(x) / 32768.0)
     assert decoder.frames_read == len(x)
+
+
+def test_reads_are_pydub_segments_of_32_bit_pcm_with_24_db_of_headroom(decode, tmp_path):
+    x = np.full((1000, 2), 0.5)
+    x[10] = [1.0, -1.0]
+    decoder = decode(write_wav(tmp_path / "a.wav", x, 8000))
+    segment = decoder.read(600)
+    assert isinstance(segment, AudioSegment)
+    assert (segment.sample_width, segment.frame_rate, segment.channels) == (4, 8000, 2)
+    assert segment.frame_count() == 600
+    assert HEADROOM_BITS == decoder.headroom_bits == 4
+    pcm = np.frombuffer(segment.raw_data, dtype="<i4").reshape(-1, 2)
+    # Full scale is 2**27: 16 times (24 dB) below the 32-bit limit.
+    assert pcm[10].tolist() == [32767 * 2**12, -32767 * 2**12]
+    assert pcm[0].tolist() == [16384 * 2**12] * 2
+    assert decoder.read(600).frame_count() == 400
+
+
+def test_overs_in_a_float_wav_survive_decoding(decode, tmp_path):
+    x = sine(0.5, rate=8000, amplitude=2.0)  # +6 dBFS
+    x[100] = [15.0, -15.9]  # +24 dBFS, nearly
+    decoded = read_all(decode(write_float_wav(tmp_path / "f.wav", x, 8000)))
+    source = x.astype(np.float32)
+    # The float32 source, to the 32-bit samples' resolution (2**-27 of full scale, rounded).
+    np.testing.assert_allclose(decoded, source, rtol=0, atol=2.0**-28)
+    assert np.max(np.abs(decoded[:, 0])) == pytest.approx(15.0)
+    assert decoded[100, 1] == pytest.approx(-15.9, abs=1e-6)
+
+
+def test_overs_in_an_mp3_survive_decoding(decode, tmp_path):
+    loud = write_float_wav(tmp_path / "loud.wav", sine(2.0, amplitude=2.0), 44100)  # +6 dBFS
+    mp3 = ffmpeg_make(f"-i {loud} -c:a libmp3lame -b:a 192k", tmp_path / "loud.mp3")
+    decoded = read_all(decode(mp3))
+    reference = ffmpeg_decode_float(mp3)  # ffmpeg's own float decode
+    assert np.max(np.abs(reference)) > 1.8
+    assert decoded.shape == reference.shape
+    np.testing.assert_allclose(decoded, reference, rtol=0, atol=2.0**-28)
 
 
 @pytest.mark.parametrize(
@@ -147,6 +194,6 @@ def test_a_source_that_never_delivers_is_stopped(decode, tmp_path):
 
 def test_kill_ends_the_stream_without_an_error(decode, audio_file):
     decoder = decode(audio_file(5.0, "mp3"))
-    assert len(decoder.read(1000)) == 1000
+    assert decoder.read(1000).frame_count() == 1000
     decoder.kill()
     read_all(decoder)  # ends, and raises nothing

@@ -1,11 +1,14 @@
-"""A wheel built from a fresh checkout, installed in a fresh virtual environment, is a whole server.
+"""Fresh installs: the server's wheel is a whole server, and the client's installs alone.
 
-The wheel is built from a copy of the project as a clone has it (no
-static/vendor, no node_modules), the way ``pip install .`` builds one. The
-commands then run from outside the checkout, so nothing can come from it:
-the page's template, every static file and the Socket.IO client must be in
-the installed package. The installed server runs with npm switched off and
-an empty cache, so the Socket.IO client it serves can only be the wheel's.
+The wheels are built from a copy of the project as a clone has it (no
+static/vendor, no node_modules), the way ``pip install .`` and ``pip install
+./client`` build them, and each goes into a fresh virtual environment of its
+own. The commands then run from outside the checkout, so nothing can come
+from it: the page's template, every static file and the Socket.IO client
+must be in the installed package. The installed server runs with npm
+switched off and an empty cache, so the Socket.IO client it serves can only
+be the wheel's. The server's environment must hold none of the client's
+libraries, and the client's none of the server's numeric stack.
 """
 
 from __future__ import annotations
@@ -36,26 +39,73 @@ PAGE_FILES = sorted(
 
 
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory) -> Path:
-    """The wheel ``pip wheel`` builds from a fresh checkout (the checkout stays clean)."""
-    root = tmp_path_factory.mktemp("wheel")
-    source = checkout(root / "source")
+def source(tmp_path_factory) -> Path:
+    """A fresh checkout of the project (the working tree stays clean)."""
+    source = checkout(tmp_path_factory.mktemp("checkout") / "source")
     assert not (source / "static" / SOCKETIO_CLIENT).exists()
+    return source
+
+
+def build_wheel(project: Path, dist: Path) -> Path:
+    """The wheel ``pip wheel`` builds from a project folder."""
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir",
-         root / "dist", source],
-        check=True, cwd=root, timeout=300,
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", dist,
+         project],
+        check=True, cwd=dist.parent, timeout=300,
     )  # fmt: skip
-    (built,) = (root / "dist").glob("audioserver-*.whl")
+    (built,) = dist.glob("*.whl")
+    return built
+
+
+@pytest.fixture(scope="module")
+def wheel(source, tmp_path_factory) -> Path:
+    """The server's wheel, as ``pip install .`` builds it."""
+    built = build_wheel(source, tmp_path_factory.mktemp("wheel") / "dist")
+    assert built.name.startswith("audioserver-0")
+    return built
+
+
+@pytest.fixture(scope="module")
+def client_wheel(source, tmp_path_factory) -> Path:
+    """The client's wheel, as ``pip install ./client`` builds it."""
+    built = build_wheel(source / "client", tmp_path_factory.mktemp("client-wheel") / "dist")
+    assert built.name.startswith("audioserver_client-")
     return built
 
 
 @pytest.fixture(scope="module")
 def venv(wheel, tmp_path_factory) -> Path:
-    """A new virtual environment with the wheel installed."""
+    """A new virtual environment with the server's wheel installed."""
     environment = new_environment(tmp_path_factory.mktemp("packaging") / "venv")
     pip_install(environment, wheel, cwd=wheel.parent)
     return environment
+
+
+@pytest.fixture(scope="module")
+def client_venv(client_wheel, tmp_path_factory) -> Path:
+    """A new virtual environment with only the client's wheel installed."""
+    environment = new_environment(tmp_path_factory.mktemp("client-packaging") / "venv")
+    pip_install(environment, client_wheel, cwd=client_wheel.parent)
+    return environment
+
+
+def installed(environment: Path, tmp_path: Path) -> set[str]:
+    """The names of the distributions installed in an environment (lower case)."""
+    listing = run(
+        [environment / "bin" / "python", "-c",
+         "import importlib.metadata as m; print(*{d.metadata['Name'] for d in m.distributions()})"],
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert listing.returncode == 0, listing.stderr
+    return {name.lower().replace("_", "-") for name in listing.stdout.split()}
+
+
+def imports(environment: Path, module: str, tmp_path: Path) -> bool:
+    """Whether ``import module`` works in an environment (run outside the checkout)."""
+    return (
+        run([environment / "bin" / "python", "-c", f"import {module}"], cwd=tmp_path).returncode
+        == 0
+    )
 
 
 def run(command: list, *, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -77,7 +127,8 @@ def test_the_wheel_holds_the_page_its_npm_files_and_the_socketio_client(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     for name in [*PAGE_FILES, *NPM_FILES, f"static/{SOCKETIO_CLIENT}"]:
         assert f"audioserver/web/{name}" in names, name
-    assert "audioserver/server.py" in names and "audioserver/client/cli.py" in names
+    assert "audioserver/server.py" in names and "audioserver/local.py" in names
+    assert not [name for name in names if name.startswith(("audioserver/client/", "audioclient/"))]
     assert not [name for name in names if name.startswith(("templates/", "static/"))]
     client = zipfile.ZipFile(wheel).read(f"audioserver/web/static/{SOCKETIO_CLIENT}")
     assert client.startswith(b"/*!\n * Socket.IO v4.")
@@ -101,14 +152,42 @@ def test_a_wheel_built_without_npm_fetches_the_client_from_its_own_npm_files(whe
     )
 
 
-def test_both_commands_answer_help(venv, tmp_path):
+def test_the_server_installs_without_the_clients_libraries(venv, tmp_path):
     server = run([venv / "bin" / "audio-server", "--help"], cwd=tmp_path)
     assert server.returncode == 0, server.stderr
     assert "--port" in server.stdout and "AUDIO_WORKERS" in server.stdout
-    client = run([venv / "bin" / "audio-client", "--help"], cwd=tmp_path)
+    names = installed(venv, tmp_path)
+    assert {"audioserver", "flask", "numpy", "scipy", "numba"} <= names
+    client_libraries = {"audioserver-client", "requests", "requests-toolbelt", "tqdm",
+                        "websocket-client"}  # fmt: skip
+    assert not names & client_libraries
+    assert not (venv / "bin" / "audio-client").exists()
+    assert not imports(venv, "audioclient", tmp_path)
+
+
+def test_the_client_installs_alone_without_the_numeric_stack(client_venv, tmp_path):
+    client = run([client_venv / "bin" / "audio-client", "--help"], cwd=tmp_path)
     assert client.returncode == 0, client.stderr
     for command in ("process", "status", "stop", "result", "steps"):
         assert command in client.stdout
+    names = installed(client_venv, tmp_path)
+    assert {"audioserver-client", "requests", "requests-toolbelt", "tqdm"} <= names
+    assert not names & {"audioserver", "flask", "numpy", "scipy", "numba", "llvmlite"}
+    for module in ("numpy", "scipy", "flask", "audioserver"):
+        assert not imports(client_venv, module, tmp_path), module
+    assert not (client_venv / "bin" / "audio-server").exists()
+
+
+def test_the_installed_server_processes_files_without_a_server(venv, tmp_path):
+    song = write_wav(tmp_path / "song.wav", music(2.0), 44100)
+    done = run(
+        [venv / "bin" / "audio-server", "process", song, "--pipeline", "loudness=target=-16",
+         "--format", "flac"],
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "song.wav -> " in done.stdout and "-16.0 LUFS" in done.stdout
+    assert (tmp_path / "song_processed.flac").read_bytes()[:4] == b"fLaC"
 
 
 @pytest.fixture(scope="module")
@@ -146,11 +225,11 @@ def test_the_installed_server_serves_the_page_and_every_file_it_names(installed_
 
 
 def test_the_installed_client_processes_a_file_on_the_installed_server(
-    venv, installed_server, tmp_path
+    client_venv, installed_server, tmp_path
 ):
     song = write_wav(tmp_path / "song.wav", music(2.0), 44100)
     done = run(
-        [venv / "bin" / "audio-client", "process", song, "--format", "flac",
+        [client_venv / "bin" / "audio-client", "process", song, "--format", "flac",
          "--server", installed_server.url],
         cwd=tmp_path,
     )  # fmt: skip

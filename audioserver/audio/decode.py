@@ -1,11 +1,19 @@
-"""Streaming decode: ffmpeg writes the upload's first audio stream to a pipe as float32 WAV.
+"""Streaming decode: ffmpeg writes the upload's first audio stream to a pipe as 32-bit PCM.
 
 The ``Decoder`` starts ffmpeg, reads the WAV header (sample rate and
 channels) and the first samples, so a file that is not audio fails at once,
-then hands out blocks of frames as they are decoded. ffmpeg runs in its own
-process, so decoding overlaps with the processing of earlier chunks, and a
-crafted file can at worst make that process fail, stall (it is killed after
-``stall_seconds`` without output) or run long (it stops at ``max_seconds``).
+then hands out pydub ``AudioSegment``-s of the frames as they are decoded.
+ffmpeg runs in its own process, so decoding overlaps with the processing of
+earlier chunks, and a crafted file can at worst make that process fail,
+stall (it is killed after ``stall_seconds`` without output) or run long (it
+stops at ``max_seconds``).
+
+The samples keep what a float decode keeps. ffmpeg decodes to float as
+before, scales by 2**-4 (exact: a power of two) and writes signed 32-bit
+integers, so full scale is 2**27 and samples up to +24 dBFS (a float WAV's
+or an MP3's overs) survive; below that the resolution is 2**-27 of full
+scale (-162 dBFS). ``HEADROOM_BITS`` says so to whoever reads the segments
+(``pcm.to_float``).
 """
 
 from __future__ import annotations
@@ -23,9 +31,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from ..errors import DecodeError
+from .pcm import AudioSegment
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +50,8 @@ _AUDIO_STREAM = re.compile(r"Stream #\d+:\d+.*?: Audio: (\w+)")
 _LOG_PREFIX = re.compile(r"^\[[^\]]*@ 0x[0-9a-f]+\]\s*")
 _ERROR_WORDS = ("error", "invalid", "failed", "not on whitelist", "unsupported", "could not")
 _PIPE_SIZE = 1 << 20
+HEADROOM_BITS = 4  # the decoded segments' full scale is 2**27: +24 dBFS of overs fit
+SAMPLE_WIDTH = 4
 BACKGROUND_NICENESS = 10
 
 
@@ -111,12 +120,16 @@ def _command(ffmpeg: str, name: str, max_seconds: float) -> list[str]:
         "-protocol_whitelist", "file", "-format_whitelist", AUDIO_DEMUXERS,
         "-i", f"file:{name}",
         "-map", "0:a:0", "-vn", "-sn", "-dn", "-map_metadata", "-1", "-fflags", "+bitexact",
-        "-t", f"{max_seconds:.3f}", "-f", "wav", "-c:a", "pcm_f32le", "pipe:1",
+        # In float, then to 32-bit integers with HEADROOM_BITS to spare (no clipping, no dither).
+        "-af", f"volume=volume={2.0**-HEADROOM_BITS}:precision=float",
+        "-t", f"{max_seconds:.3f}", "-f", "wav", "-c:a", "pcm_s32le", "pipe:1",
     ]  # fmt: skip
 
 
 class Decoder:
-    """A running ffmpeg decoding one file; ``read`` returns float32 frames, shape (n, channels)."""
+    """A running ffmpeg decoding one file; ``read`` returns segments of 32-bit PCM with headroom."""
+
+    headroom_bits = HEADROOM_BITS
 
     def __init__(
         self,
@@ -163,8 +176,8 @@ class Decoder:
                 f"The audio has {channels} channels; the server takes at most {max_channels}. "
                 "Mix it down to stereo first."
             )
-        self._frame_bytes = channels * 4
-        first = self._read_into_pending(self._frame_bytes)
+        self.frame_bytes = channels * SAMPLE_WIDTH
+        first = self._read_into_pending(self.frame_bytes)
         if not first:
             self._fail("the file holds no audio samples")
         self._stderr.input_described.wait(timeout=self.stall_seconds)
@@ -204,8 +217,11 @@ class Decoder:
 
     def _read_some(self, buffer: memoryview) -> int:
         """Read what the pipe has into buffer, waiting at most stall_seconds; 0 at the end."""
-        ready, _, _ = select.select([self._stdout], [], [], self.stall_seconds)
-        if not ready:
+        # poll, not select: select() cannot watch a descriptor numbered 1024 or more, which a
+        # server holding a thousand connections hands out.
+        poller = select.poll()
+        poller.register(self._stdout, select.POLLIN)
+        if not poller.poll(self.stall_seconds * 1000):
             self.kill()
             raise DecodeError(
                 f"Decoding stalled: ffmpeg produced nothing for {self.stall_seconds:g} s. "
@@ -231,16 +247,19 @@ class Decoder:
         self._pending = self._read_exact(size)
         return self._pending
 
-    def read(self, frames: int) -> np.ndarray:
-        """Return up to ``frames`` frames (fewer only at the end), float32, shape (n, channels)."""
-        data = self._read_exact(frames * self._frame_bytes)
-        if len(data) < frames * self._frame_bytes:
+    def read(self, frames: int) -> AudioSegment:
+        """Return the next ``frames`` frames (fewer only at the end) as 32-bit PCM with headroom."""
+        data = self._read_exact(frames * self.frame_bytes)
+        if len(data) < frames * self.frame_bytes:
             self._finish()
-        usable = len(data) - len(data) % self._frame_bytes
-        samples = np.frombuffer(data, dtype="<f4", count=usable // 4)
-        samples = samples.reshape(-1, self.info.channels)
-        self.frames_read += len(samples)
-        return samples
+            data = data[: len(data) - len(data) % self.frame_bytes]
+        self.frames_read += len(data) // self.frame_bytes
+        return AudioSegment(
+            data=data,
+            sample_width=SAMPLE_WIDTH,
+            frame_rate=self.info.sample_rate,
+            channels=self.info.channels,
+        )
 
     def _finish(self) -> None:
         """At the end of the stream: make sure ffmpeg ended well."""

@@ -26,15 +26,8 @@ def find_ffmpeg(configured: str = "") -> str:
 
 
 def configure_pydub(ffmpeg: str) -> None:
-    """Make pydub use the same ffmpeg as the server."""
-    import warnings
-
-    with warnings.catch_warnings():
-        # pydub imports audioop (deprecated on 3.11/3.12) and has old regex escapes.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.simplefilter("ignore", SyntaxWarning)
-        warnings.simplefilter("ignore", RuntimeWarning)  # "Couldn't find ffmpeg": set just below
-        from pydub import AudioSegment
+    """Make pydub use the same ffmpeg as the server (for from_file and export)."""
+    from .pcm import AudioSegment  # imports pydub without its warnings
 
     AudioSegment.converter = ffmpeg
     AudioSegment.ffmpeg = ffmpeg

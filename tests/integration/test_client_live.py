@@ -8,6 +8,7 @@ file as without drops.
 
 from __future__ import annotations
 
+import os
 import queue
 import re
 import signal
@@ -16,6 +17,7 @@ import struct
 import subprocess
 import sys
 import threading
+import wave
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -24,8 +26,8 @@ import pytest
 import requests
 from helpers import free_port, wav_pcm
 
-from audioserver.client import cli
-from audioserver.client.api import Server
+from audioclient import cli
+from audioclient.api import Server
 
 ROOT = Path(__file__).resolve().parents[2]
 SLOW_PIPELINE = "highpass=freq=10:order=8,lowpass=freq=12000:order=8,gain=db=-1"
@@ -248,7 +250,7 @@ def test_ctrl_c_stops_the_task_and_keeps_the_partial_output(
     path = audio_file(60.0, "wav", rate=48000)
     output = tmp_path / "partial.wav"
     command = [
-        sys.executable, "-m", "audioserver.client", "process", str(path), "-o", str(output),
+        sys.executable, "-m", "audioclient", "process", str(path), "-o", str(output),
         "--chunk-seconds", "0.25", "--pipeline", SLOW_PIPELINE, "--server", live_server.url,
     ]  # fmt: skip
     client = subprocess.Popen(
@@ -273,6 +275,60 @@ def test_ctrl_c_stops_the_task_and_keeps_the_partial_output(
     task = requests.get(f"{live_server.url}/tasks/{task_id}", timeout=10).json()
     assert task["status"] == "stopped" and task["chunks_done"] == int(stopped[1]) >= 8
     assert output.read_bytes() == result_bytes(live_server.url, task_id)
+
+
+def write_noise_wav(path: Path, *, megabytes: int) -> Path:
+    """A 48 kHz stereo 16-bit WAV of noise, written a megabyte at a time (never all in memory)."""
+    block = os.urandom(1 << 20)
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(2)
+        out.setsampwidth(2)
+        out.setframerate(48000)
+        for _ in range(megabytes):
+            out.writeframesraw(block)
+    return path
+
+
+# Runs a command and prints its peak RSS. The command's own rusage would not do from the
+# test: a child started by fork or vfork starts with its parent's high-water mark (Linux
+# keeps it across exec), and the test process holds numpy, scipy and a live server.
+PEAK_RSS_WRAPPER = """
+import resource, subprocess, sys
+code = subprocess.run(sys.argv[1:]).returncode
+print("peak_rss_kb", resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, flush=True)
+sys.exit(code)
+"""
+
+
+@pytest.mark.slow
+def test_a_large_upload_is_streamed_from_the_file_with_its_own_progress_bar(make_server, tmp_path):
+    """300 MB go up while the client's peak RSS stays under 100 MB (no body in memory)."""
+    server = make_server(MAX_UPLOAD_MB=400)
+    path = write_noise_wav(tmp_path / "large.wav", megabytes=300)
+    command = [
+        sys.executable, "-c", PEAK_RSS_WRAPPER,
+        sys.executable, "-m", "audioclient", "process", str(path), "-o", str(tmp_path / "out.flac"),
+        "--format", "flac", "--pipeline", "", "--progress", "--server", server.url,
+    ]  # fmt: skip
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path
+    ) as client:
+        try:
+            lines = read_lines(client.stdout)
+            accepted = lines.get(timeout=300)  # the task's line: the upload was accepted
+            task_id = re.search(r"task ([0-9a-f]{32})", accepted)[1]
+            requests.post(f"{server.url}/stop-processing", json={"task_id": task_id}, timeout=30)
+            err = client.stderr.read()
+            client.wait(timeout=60)
+            peak = lines.get(timeout=10)
+        finally:
+            client.kill()
+            path.unlink()
+    peak_kb = int(re.fullmatch(r"peak_rss_kb (\d+)\n", peak)[1])
+    assert peak_kb < 100 * 1024, f"the client's peak RSS was {peak_kb / 1024:.0f} MB"
+    assert re.search(r"large\.wav +\d+%\|.*\| ETA [0-9:?]+, uploading 1\d\d\.\d/300\.0 MB", err)
+    assert "uploading 300.0/300.0 MB" in err
+    assert "stopped on the server (requested)" in err and client.returncode == 1, err
 
 
 def read_lines(stream) -> queue.Queue:
@@ -306,6 +362,15 @@ def test_server_errors_end_with_one_line(
     err = capsys.readouterr().err.strip()
     assert status == 1
     assert len(err.splitlines()) == 1 and re.search(reason, err, re.I), err
+
+
+def test_a_file_over_the_upload_limit_gets_the_servers_413_message(make_server, audio_file, capsys):
+    server = make_server(MAX_UPLOAD_MB=1)
+    path = audio_file(20.0, "wav", rate=48000)  # 3.8 MB: refused from its Content-Length
+    assert run_client("process", path, "--server", server.url) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "(413 too_large)" in err, err
+    assert not list((Path(server.app.config["DATA_DIR"]) / "uploads").iterdir())
 
 
 def test_unreachable_server_and_missing_file_end_with_one_line(audio_file, capsys, tmp_path):

@@ -6,9 +6,21 @@ import numpy as np
 import pyloudnorm
 import pytest
 import requests
-from helpers import ffmpeg_decode, music, pcm16, read_wav, sine, wav_pcm
+from helpers import (
+    ffmpeg_decode,
+    ffmpeg_decode_float,
+    ffmpeg_make,
+    music,
+    pcm16,
+    read_wav,
+    sine,
+    wav_pcm,
+    write_float_wav,
+)
 
+from audioserver.audio.pcm import AudioSegment
 from audioserver.audio.pipeline import Pipeline
+from audioserver.segments import process_segment
 
 EVERY_STEP = (
     "highpass=freq=40:order=4,compressor=threshold_db=-24:ratio=3:release_ms=80,"
@@ -197,3 +209,51 @@ def test_sines_come_out_at_the_same_frequency_after_resampling(live_server, list
     spectrum = np.abs(np.fft.rfft(result[:, 0] * np.hanning(len(result))))
     assert rate == 16000
     assert np.fft.rfftfreq(len(result), 1 / rate)[np.argmax(spectrum)] == pytest.approx(997, abs=1)
+
+
+def peak_db(samples: np.ndarray) -> float:
+    return 20 * np.log10(np.max(np.abs(samples)))
+
+
+def test_overs_of_a_float_wav_survive_to_the_result(live_server, listen, tmp_path):
+    listener = listen(live_server.url)
+    loud = write_float_wav(tmp_path / "loud.wav", sine(3.0, amplitude=2.0), 44100)  # +6 dBFS
+    end, _ = run(live_server, listener, loud, pipeline="gain=db=-12", chunk_seconds="0.5")
+    result, _ = read_wav(get(live_server, end["result_url"]).content)
+    # -6 dBFS, where a decode clipped at full scale would give -12.
+    assert peak_db(result) == pytest.approx(6.02 - 12, abs=0.01)
+    assert end["summary"]["sample_peak_db"] == pytest.approx(6.02 - 12, abs=0.01)
+
+
+def test_overs_of_an_mp3_survive_to_the_result(live_server, listen, tmp_path):
+    listener = listen(live_server.url)
+    tones = sine(3.0, amplitude=1.6) + sine(3.0, freq=3000, amplitude=0.4)  # overs to +6 dBFS
+    loud = write_float_wav(tmp_path / "loud.wav", tones, 44100)
+    mp3 = ffmpeg_make(f"-i {loud} -c:a libmp3lame -b:a 192k", tmp_path / "loud.mp3")
+    source_peak = peak_db(ffmpeg_decode_float(mp3))  # ffmpeg's own float decode
+    assert source_peak > 4.0
+    end, _ = run(live_server, listener, mp3, pipeline="gain=db=-12", chunk_seconds="0.5")
+    result, _ = read_wav(get(live_server, end["result_url"]).content)
+    assert peak_db(result) == pytest.approx(source_peak - 12, abs=0.01)
+
+
+@pytest.mark.parametrize(
+    ("pipeline", "chunk_seconds"),
+    [(EVERY_STEP, 0.5), ("gain=db=20,highpass=freq=80,loudness=target=-14", 2.0)],
+)
+def test_process_segment_equals_the_servers_result(
+    live_server, listen, audio_file, pipeline, chunk_seconds
+):
+    listener = listen(live_server.url)
+    path = audio_file(4.5, "wav", signal=music(4.5, seed=7))
+    end, chunks = run(
+        live_server, listener, path, pipeline=pipeline, chunk_seconds=str(chunk_seconds)
+    )
+    with open(path, "rb") as file:
+        segment = AudioSegment.from_wav(file)
+    processed, summary = process_segment(segment, pipeline, chunk_seconds=chunk_seconds)
+    task = get(live_server, f"/tasks/{end['task_id']}").json()
+    assert (processed.frame_rate, processed.channels) == (task["sample_rate"], task["channels"])
+    assert processed.raw_data == wav_pcm(get(live_server, end["result_url"]).content)
+    assert processed.raw_data == b"".join(chunk["audio"] for chunk in chunks)
+    assert summary == end["summary"]

@@ -6,7 +6,11 @@ pipeline parser, the validation, the ``GET /pipeline/steps`` catalogue and
 the README table all read the same declaration.
 
 Steps see audio as a ``Block``: float64 samples of shape (frames, channels)
-and where they sit in the stream. A block may start with ``pre`` frames of
+and where they sit in the stream. In the server the samples come from the
+chunk's pydub segment, converted once per chunk (``Chunk.block``); the
+steps hand the array on to each other, never back to a segment.
+
+A block may start with ``pre`` frames of
 pre-roll: audio from before the chunk that stateful steps (filters) run
 through so that their state at the chunk's first frame equals the state they
 would have when processing the whole file. It may end with ``post`` frames

@@ -120,7 +120,9 @@ class Job:
             last = attempt == UPLOAD_ATTEMPTS
             try:
                 self.task = self.server.upload(
-                    self.path, fields=self.options.upload_fields(sid=sid)
+                    self.path,
+                    fields=self.options.upload_fields(sid=sid),
+                    on_progress=self.bar.uploading,
                 )
                 break
             except ConnectionLost as error:

@@ -7,7 +7,7 @@ with the wrong event. ``InOrderClient`` handles messages one by one in the
 read loop instead. Its event handlers must be short and must not wait for an
 ack (``call``) themselves.
 
-The ``audio-client`` command (``python -m audioserver.client``) is built on
+The ``audio-client`` command (``python -m audioclient``) is built on
 it: ``cli`` (the commands), ``job`` (one file), ``connection`` (reconnects and
 resubscribes), ``api`` (the HTTP endpoints), ``progress`` (the bars).
 """

@@ -108,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def process(args: argparse.Namespace) -> int:
     """Process every file at once on one connection; print each file's outcome."""
-    fmt = args.format or format_of(args.output)
+    fmt = args.format or format_of(args.output, several=len(args.files) > 1)
     for path in args.files:
         if not path.is_file():
             raise ClientError(f"{path}: no such file")
@@ -165,9 +165,12 @@ def wait_for(jobs: list[Job], *, timeout: float | None = None) -> bool:
         return False
 
 
-def format_of(output: str | None) -> str:
-    """The result format an output name asks for (wav for a folder or no name)."""
-    if output is None or output.endswith(("/", os.sep)) or Path(output).is_dir():
+def format_of(output: str | None, *, several: bool = False) -> str:
+    """The result format an output name asks for (wav for a folder or no name).
+
+    For several inputs the output is a folder, whatever its name.
+    """
+    if output is None or several or output.endswith(("/", os.sep)) or Path(output).is_dir():
         return "wav"
     suffix = Path(output).suffix.lower().lstrip(".")
     if suffix in FORMATS:

@@ -16,8 +16,11 @@ from typing import Any
 from urllib.parse import unquote
 
 import requests
+from requests_toolbelt import MultipartEncoder, MultipartEncoderMonitor
 
 DEFAULT_TIMEOUT = 30.0
+
+UploadProgress = Callable[[int, int], None]  # (bytes sent, bytes in all)
 
 
 class ClientError(Exception):
@@ -76,12 +79,22 @@ class Server:
             raise _server_error(response)
         return response
 
-    def upload(self, path: Path, *, fields: dict[str, str]) -> dict[str, Any]:
-        """POST /upload: send a file with its options; return the new task's JSON."""
+    def upload(
+        self, path: Path, *, fields: dict[str, str], on_progress: UploadProgress | None = None
+    ) -> dict[str, Any]:
+        """POST /upload: send a file with its options; return the new task's JSON.
+
+        The multipart body is read from the file as it is sent, a block at a
+        time, never held in memory whole; its Content-Length is known up front
+        (the server refuses a file that is too large from it, before reading).
+        on_progress(sent, total) is called as the body goes out.
+        """
+        path = Path(path)
         with open(path, "rb") as file:
-            return self._request(
-                "POST", "/upload", files={"file": (Path(path).name, file)}, data=fields
-            ).json()
+            encoder = MultipartEncoder(fields=[*fields.items(), ("file", (path.name, file))])
+            body = MultipartEncoderMonitor(encoder, _progress_callback(on_progress))
+            headers = {"Content-Type": body.content_type}
+            return self._request("POST", "/upload", data=body, headers=headers).json()
 
     def task(self, task_id: str, *, timeout: float | None = None) -> dict[str, Any]:
         """GET /tasks/<id>: the task's status and progress."""
@@ -142,6 +155,14 @@ class Server:
             raise ConnectionLost(_describe_connection_error(self.url, error)) from error
         finally:
             response.close()
+
+
+def _progress_callback(
+    on_progress: UploadProgress | None,
+) -> Callable[[MultipartEncoderMonitor], None] | None:
+    if on_progress is None:
+        return None
+    return lambda monitor: on_progress(monitor.bytes_read, monitor.len)
 
 
 def _server_error(response: requests.Response) -> ServerError:

@@ -1,7 +1,0 @@
-"""``python -m audioserver.client``: the same as the ``audio-client`` command."""
-
-import sys
-
-from .cli import main
-
-sys.exit(main())
