@@ -24,7 +24,6 @@ from audioserver.errors import CLIENT_FAULTS
 from audioserver.events import MAX_MESSAGE_BYTES, PROTOCOL_ERRORS_BEFORE_CLOSE
 
 EVIL_HOST = "rebound.evil.example"
-MB = 1024 * 1024
 
 
 class RawSocket:
