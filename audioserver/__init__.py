@@ -17,7 +17,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     from flask import Flask
     from flask_socketio import SocketIO
 
-    from . import config, errors, page, routes, security
+    from . import config, errors, events, jsonio, page, routes, security
     from .audio.ffmpeg import configure_pydub, find_ffmpeg
     from .events import SocketBroadcaster, register_handlers
     from .metrics import Metrics
@@ -31,7 +31,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     if test_config:
         app.config.update(test_config)
     app.config["MAX_CONTENT_LENGTH"] = int(app.config["MAX_UPLOAD_MB"] * 1024 * 1024)
-    app.json.sort_keys = False
+    app.json = jsonio.JSONProvider(app)
     app.request_class = routes.UploadRequest
 
     data_dir = Path(app.config["DATA_DIR"]).resolve()
@@ -44,7 +44,13 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.extensions["metrics"] = metrics
     origins = security.init_app(app)
     socketio = SocketIO(
-        app, async_mode="threading", cors_allowed_origins=origins.socketio_origins()
+        app,
+        async_mode="threading",
+        cors_allowed_origins=origins.socketio_origins(),
+        serializer=events.Packet,
+    )
+    security.guard_hosts(
+        app, security.HostPolicy(app.config["ALLOWED_HOSTS"], bound=app.config["HOST"])
     )
     broadcaster = SocketBroadcaster(socketio)
     app.extensions["audio_broadcaster"] = broadcaster

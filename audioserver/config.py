@@ -51,6 +51,15 @@ SETTINGS: tuple[Setting, ...] = (
         "(https://a.example,https://b.example), or * for any; empty: the server's own origin only",
     ),
     Setting(
+        name="ALLOWED_HOSTS",
+        default="",
+        type=str,
+        help="host names the server answers to, besides localhost, IP addresses and HOST, "
+        "comma-separated (audio.example.com, or .example.com for every name under it), or * for "
+        "any; a request for another name (the Host header) gets 400 bad_host: against DNS "
+        "rebinding",
+    ),
+    Setting(
         name="DATA_DIR",
         default="data",
         type=str,

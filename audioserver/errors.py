@@ -4,7 +4,7 @@ Every error a client can cause is an ``AudioServerError``; its subclasses
 carry the HTTP status and a short machine-readable code::
 
     AudioServerError              .status, .code, .message, .extra
-    ├── BadRequest                400  (missing_file, empty_filename, bad_json, ...)
+    ├── BadRequest                400  (missing_file, empty_filename, bad_json, bad_host, ...)
     │   └── ParameterError        400  invalid_parameter / invalid_pipeline
     ├── TaskNotFound              404  task_not_found
     ├── UploadTimeout             408  upload_timeout
@@ -18,11 +18,18 @@ carry the HTTP status and a short machine-readable code::
 The audio package raises ``ParameterError`` and ``DecodeError`` without
 knowing anything of HTTP; ``init_app`` registers the handlers that answer
 them, and every other ``HTTPException``, as ``{"error", "message"}`` JSON.
+
+What a client does wrong is the client's business, not a fault of the
+server: it is answered, and logged (if at all) as a WARNING through
+``CLIENT_FAULTS``, which lets a few lines a minute through, so that a flood
+of bad requests cannot flood the log.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from typing import Any
 
 from werkzeug.exceptions import HTTPException
@@ -113,6 +120,46 @@ class InsufficientStorage(AudioServerError):
 
     status = 507
     code = "insufficient_storage"
+
+
+class FaultLog:
+    """WARNING lines about clients' faults: at most ``burst`` of them every ``period`` seconds.
+
+    The lines left out are counted, and the next line that is let through
+    says how many there were.
+    """
+
+    def __init__(self, *, burst: int = 10, period: float = 60.0) -> None:
+        self.burst = burst
+        self.period = period
+        self._lock = threading.Lock()
+        self.reset()
+
+    def reset(self) -> None:
+        """Start afresh: a new period, nothing left out."""
+        with self._lock:
+            self._window_start = -self.period
+            self._written = 0
+            self._left_out = 0
+
+    def warning(self, log: logging.Logger, message: str, *args: Any) -> bool:
+        """Log message at WARNING unless this period's lines are used up; return whether it was."""
+        with self._lock:
+            now = time.monotonic()
+            if now - self._window_start >= self.period:
+                self._window_start, self._written = now, 0
+            if self._written >= self.burst:
+                self._left_out += 1
+                return False
+            self._written += 1
+            left_out, self._left_out = self._left_out, 0
+        if left_out:
+            message += f" ({left_out} similar lines left out before this one)"
+        log.warning(message, *args)
+        return True
+
+
+CLIENT_FAULTS = FaultLog()
 
 
 # Plain-words messages for the HTTP errors Flask/Werkzeug raise themselves.

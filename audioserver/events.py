@@ -1,23 +1,251 @@
-"""Socket.IO: the client events (subscribe, unsubscribe, stop) and the engine's broadcaster."""
+"""Socket.IO: the client events (subscribe, unsubscribe, stop), the guard in front of them,
+and the engine's broadcaster.
+
+Clients send only small JSON events (the contract has no binary data from
+clients). Everything else a client might send is refused before
+python-socketio sees it (``ProtocolGuard``, ``GuardedWebSocket``): binary
+attachments and messages over ``MAX_MESSAGE_BYTES`` close the connection at
+once; other malformed packets are dropped, and close the connection at the
+``PROTOCOL_ERRORS_BEFORE_CLOSE``-th. Each offending connection costs one
+WARNING line (rate-limited), never a traceback.
+"""
 
 from __future__ import annotations
 
+import functools
+import io
 import logging
 import threading
 import time
+import urllib.parse
+import weakref
 from typing import Any
 
 from engineio import packet as eio_packet
+from engineio.async_drivers._websocket_wsgi import SimpleWebSocketWSGI
 from flask import request
 from flask_socketio import SocketIO
+from simple_websocket import ConnectionClosed
+from socketio import Server as SocketIOServer
 from socketio import packet as sio_packet
 
-from .errors import AudioServerError, BadRequest
+from . import jsonio
+from .errors import CLIENT_FAULTS, AudioServerError, BadRequest
 from .tasks import TaskEngine
 
 logger = logging.getLogger(__name__)
 
 NAMESPACE = "/"
+CLIENT_EVENTS = ("subscribe", "unsubscribe", "stop")
+MAX_MESSAGE_BYTES = 64 * 1024  # the largest message a client may send (its events are < 1 KB)
+PROTOCOL_ERRORS_BEFORE_CLOSE = 3  # malformed packets a connection may send; the 3rd closes it
+MAX_PACKETS_PER_POST = 16  # Engine.IO packets in one long-polling POST (as python-engineio)
+
+
+class Packet(sio_packet.Packet):
+    """Socket.IO packets whose JSON refuses NaN on the way out and cannot crash on the way in."""
+
+    json = jsonio
+
+
+class ProtocolError(Exception):
+    """What a client sent is not a packet of this server's Socket.IO contract."""
+
+    def __init__(self, reason: str, *, fatal: bool = False) -> None:
+        super().__init__(reason)
+        self.fatal = fatal  # close the connection at once
+
+
+def _client(server: SocketIOServer, eio_sid: str) -> str:
+    """How log lines name a client: its Socket.IO id (or Engine.IO id) and address."""
+    sid = server.manager.sid_from_eio_sid(eio_sid, NAMESPACE) or eio_sid
+    address = server.environ.get(eio_sid, {}).get("REMOTE_ADDR", "?")
+    return f"client {sid} ({address})"
+
+
+class ProtocolGuard:
+    """Checks every Socket.IO packet a client sends, before python-socketio handles it.
+
+    python-socketio would keep a binary event's attachments in memory until
+    as many as the packet announces have come (``459999999-[...]`` never
+    ends), and logs an ERROR with a traceback for each packet it cannot
+    decode. Here a binary attachment closes the connection at once, and a
+    malformed packet is dropped and counted; the connection is closed at the
+    ``PROTOCOL_ERRORS_BEFORE_CLOSE``-th.
+    """
+
+    def __init__(self, server: SocketIOServer) -> None:
+        self._server = server
+        self._handle = server._handle_eio_message
+        self._errors: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+        server.eio.on("message", self.receive)  # in place of python-socketio's own handler
+
+    def receive(self, eio_sid: str, data: str | bytes) -> None:
+        """Engine.IO's message handler: check the packet, then let python-socketio handle it."""
+        connection = self._server.eio.sockets.get(eio_sid)
+        if connection is None or connection.closed:
+            return  # what a connection closed for its faults still had in flight
+        try:
+            self._check(data)
+            self._handle(eio_sid, data)
+        except ProtocolError as error:
+            self.refuse(eio_sid, str(error), fatal=error.fatal)
+        except ValueError as error:  # python-socketio's word for a packet it does not expect
+            self.refuse(eio_sid, f"an unexpected packet ({error})")
+
+    def _check(self, data: str | bytes) -> None:
+        if not isinstance(data, str):
+            raise ProtocolError("a binary attachment (no event takes binary data)", fatal=True)
+        try:
+            packet = self._server.packet_class(encoded_packet=data)
+        except ValueError as error:
+            raise ProtocolError(f"a packet that is not Socket.IO ({error})") from None
+        if packet.attachment_count or packet.packet_type in (
+            sio_packet.BINARY_EVENT,
+            sio_packet.BINARY_ACK,
+        ):
+            raise ProtocolError("a binary event (no event takes binary data)", fatal=True)
+        if packet.packet_type == sio_packet.EVENT:
+            name = packet.data[0] if isinstance(packet.data, list) and packet.data else None
+            if not isinstance(name, str):
+                raise ProtocolError("an event without a name")
+            if name in self._server.reserved_events:
+                raise ProtocolError(f"an event named {name!r}, which only the server raises")
+        elif packet.packet_type not in (sio_packet.CONNECT, sio_packet.DISCONNECT):
+            raise ProtocolError(f"a packet of type {packet.packet_type}, which clients do not send")
+
+    def refuse(self, eio_sid: str, reason: str, *, fatal: bool = False) -> None:
+        """Count a protocol error of a connection: one log line, and close it when it is time."""
+        connection = self._server.eio.sockets.get(eio_sid)
+        with self._lock:
+            count = self._errors.get(connection, 0) + 1 if connection is not None else 1
+            if connection is not None:
+                self._errors[connection] = count
+        close = fatal or count >= PROTOCOL_ERRORS_BEFORE_CLOSE
+        if count == 1:
+            consequence = (
+                "closing the connection"
+                if close
+                else f"dropped (the connection is closed at {PROTOCOL_ERRORS_BEFORE_CLOSE} errors)"
+            )
+            CLIENT_FAULTS.warning(
+                logger, "%s sent %.160s: %s", _client(self._server, eio_sid), reason, consequence
+            )
+        if close and connection is not None:
+            # Without waiting: a client that does not read must not hold this thread.
+            connection.close(wait=False, reason=self._server.eio.reason.SERVER_DISCONNECT)
+
+
+# Engine.IO packets a client sends over long-polling: close, pong, message.
+_POLLING_PACKET_TYPES = frozenset("134")
+
+
+def _polling_refusal(environ: dict[str, Any], max_bytes: int) -> str | None:
+    """Why a long-polling POST is not one a Socket.IO client sends; None if it is.
+
+    python-engineio logs an ERROR with a traceback for a body it cannot
+    decode, and for a packet type it does not expect it closes the connection
+    waiting for a poll that may never come (holding the request's thread).
+    The body is read here, checked, and put back for Engine.IO.
+    """
+    length = environ.get("CONTENT_LENGTH") or ""
+    if not length.isdigit():
+        return "a long-polling POST without a Content-Length"
+    if int(length) > max_bytes:
+        return f"a long-polling POST over {max_bytes} bytes"
+    body = environ["wsgi.input"].read(int(length))
+    environ["wsgi.input"] = io.BytesIO(body)
+    try:
+        packets = body.decode().split("\x1e")
+    except UnicodeDecodeError:
+        return "a long-polling POST that is not UTF-8"
+    if len(packets) > MAX_PACKETS_PER_POST:
+        return f"more than {MAX_PACKETS_PER_POST} packets in one long-polling POST"
+    for packet in packets:
+        if packet[:1] not in _POLLING_PACKET_TYPES:
+            return f"a long-polling packet of type {packet[:1]!r}, which clients do not send"
+    return None
+
+
+class GuardedWebSocket(SimpleWebSocketWSGI):
+    """Engine.IO's WebSocket (simple-websocket), with a size limit and no tolerance for garbage.
+
+    simple-websocket would assemble a message of any size before Engine.IO
+    checks it; here it stops at ``max_http_buffer_size`` (and closes with
+    1009). A frame that is not a text Engine.IO packet (binary data, empty,
+    or text that does not start with a packet type) would escape Engine.IO's
+    reader as an exception, with a traceback in the log. Either closes the
+    connection, through the guard (one log line).
+    """
+
+    POLL_SECONDS = 1.0
+
+    def __init__(self, handler: Any, server: Any, *, guard: ProtocolGuard, **kwargs: Any) -> None:
+        super().__init__(handler, server, max_message_size=server.max_http_buffer_size, **kwargs)
+        self.guard = guard
+        # The handler Engine.IO gives is its Socket's bound method; the Socket's id names a client.
+        self.eio_sid = getattr(getattr(handler, "__self__", None), "sid", None)
+
+    def wait(self) -> str | bytes | None:
+        data = self._receive()
+        if data is None:
+            if self.ws.max_message_size and self.ws.incoming_message_len > self.ws.max_message_size:
+                self._refuse(f"a message over {self.ws.max_message_size} bytes")
+            return None
+        if isinstance(data, bytes):
+            return self._refuse("binary data (no event takes binary data)")
+        if not data[:1].isdigit():
+            return self._refuse("a WebSocket message that is not an Engine.IO packet")
+        return data
+
+    def _receive(self) -> str | bytes | None:
+        """The next message; None once the WebSocket is closed."""
+        while True:
+            try:
+                data = self.ws.receive(timeout=self.POLL_SECONDS)
+            except ConnectionClosed:
+                return None
+            # simple-websocket may close (a message too large) without waking a waiting
+            # receive(): hence a timeout, and a look at the connection after it.
+            if data is not None or not self.ws.connected:
+                return data
+
+    def _refuse(self, reason: str) -> None:
+        # Closing the Engine.IO socket ends its writer, which closes this WebSocket; the None
+        # that wait() returns ends the reader.
+        self.guard.refuse(self.eio_sid or "?", reason, fatal=True)
+
+
+def guard_protocol(socketio: SocketIO) -> ProtocolGuard:
+    """Put the guards in front of python-socketio and python-engineio (see the module docstring)."""
+    server = socketio.server
+    server.eio.max_http_buffer_size = MAX_MESSAGE_BYTES
+    guard = ProtocolGuard(server)
+    # python-engineio has no option for the WebSocket class: its async driver table is
+    # copied for this server only (the module's table is shared by every server).
+    websocket = functools.partial(GuardedWebSocket, guard=guard)
+    server.eio._async = {**server.eio._async, "websocket": websocket}
+    handle_request = server.eio.handle_request
+
+    def checked_request(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        eio_sid = urllib.parse.parse_qs(environ.get("QUERY_STRING", "")).get("sid", [""])[0]
+        connection = server.eio.sockets.get(eio_sid)
+        if environ["REQUEST_METHOD"] != "POST" or connection is None:
+            return handle_request(environ, start_response)
+        if connection.closed:  # python-engineio would fail with a KeyError (and a traceback)
+            reason = "a long-polling POST to a closed connection"
+        else:
+            reason = _polling_refusal(environ, MAX_MESSAGE_BYTES)
+            if reason is None:
+                return handle_request(environ, start_response)
+            guard.refuse(eio_sid, reason, fatal=True)
+        body = jsonio.dumps({"error": "bad_packet", "message": f"The server got {reason}."})
+        start_response("400 BAD REQUEST", [("Content-Type", "application/json")])
+        return [body.encode()]
+
+    server.eio.handle_request = checked_request
+    return guard
 
 
 class SocketBroadcaster:
@@ -113,6 +341,16 @@ class SocketBroadcaster:
         return namespace_sid if namespace_sid and self.is_connected(namespace_sid) else None
 
 
+def _payload(args: tuple[Any, ...]) -> Any:
+    """The one argument of a client event (None if there is none)."""
+    if len(args) > 1:
+        raise BadRequest(
+            f'The event takes one argument, an object like {{"task_id": "..."}}; got {len(args)}.',
+            code="bad_event",
+        )
+    return args[0] if args else None
+
+
 def _task_id(data: Any) -> str:
     if not isinstance(data, dict):
         raise BadRequest(
@@ -146,7 +384,8 @@ def _error_ack(error: Exception) -> dict[str, Any]:
 
 
 def register_handlers(socketio: SocketIO, engine: TaskEngine) -> None:
-    """Attach the client event handlers."""
+    """Attach the client event handlers, behind the protocol guard."""
+    guard_protocol(socketio)
 
     @socketio.on("connect")
     def connect(auth: Any = None) -> None:
@@ -157,25 +396,34 @@ def register_handlers(socketio: SocketIO, engine: TaskEngine) -> None:
         logger.info("client %s disconnected (%s)", request.sid, reason)
 
     @socketio.on("subscribe")
-    def subscribe(data: Any = None) -> dict[str, Any]:
+    def subscribe(*args: Any) -> dict[str, Any]:
+        data = _payload(args)
         task_id = _task_id(data)
         task = engine.subscribe(task_id, request.sid, from_index=_from_index(data))
         return {"ok": True, "task": engine.describe(task)}
 
     @socketio.on("unsubscribe")
-    def unsubscribe(data: Any = None) -> dict[str, Any]:
-        engine.unsubscribe(_task_id(data), request.sid)
+    def unsubscribe(*args: Any) -> dict[str, Any]:
+        engine.unsubscribe(_task_id(_payload(args)), request.sid)
         return {"ok": True}
 
     @socketio.on("stop")
-    def stop(data: Any = None) -> dict[str, Any]:
-        task = engine.stop(_task_id(data))
+    def stop(*args: Any) -> dict[str, Any]:
+        task = engine.stop(_task_id(_payload(args)))
         return {
             "ok": True,
             "message": "Processing stopped",
             "task_id": task.id,
             "status": "stopped",
         }
+
+    @socketio.on("*")
+    def unknown_event(event: str, *args: Any) -> dict[str, Any]:
+        """Any other event: an error ack (sent if the client asked for one)."""
+        raise BadRequest(
+            f"There is no event {event[:64]!r}. Client events: {', '.join(CLIENT_EVENTS)}.",
+            code="unknown_event",
+        )
 
     @socketio.on_error_default
     def on_error(error: Exception) -> dict[str, Any]:

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler
+from werkzeug.serving import make_server as make_werkzeug_server
 
 from . import config, create_app, uploads
+from .errors import CLIENT_FAULTS
+from .security import STATIC_HEADERS, content_security_policy
+
+if TYPE_CHECKING:
+    from flask import Flask
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +41,74 @@ def configure_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
     # One line per request would drown the task lines (Socket.IO polls).
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
+
+
+# What Werkzeug's HTTP parser refuses before the app sees a request, in the app's words.
+_PARSER_ERRORS = {
+    414: ("uri_too_long", "The request's address is longer than the server accepts (64 KB)."),
+    431: (
+        "headers_too_large",
+        "The request has a header line longer than 64 KB or more than 100 headers.",
+    ),
+}
+_BAD_REQUEST = ("bad_request", "The request is not valid HTTP/1.1.")
+
+
+class RequestHandler(WSGIRequestHandler):
+    """Werkzeug's request handler, with the two changes a WebSocket server needs.
+
+    - A WebSocket ends the connection. simple-websocket takes the socket over
+      for the WebSocket; when it ends, Engine.IO raises ``ConnectionError`` so
+      that Werkzeug writes no HTTP answer, and Werkzeug calls
+      ``connection_dropped``. But the upgrade request was HTTP/1.1, so the
+      handler still counts the connection as kept alive and reads "the next
+      request" from it: the WebSocket's last frames, logged as an ERROR "code
+      400, message Bad request syntax". A dropped connection carries no more
+      requests, so here it is closed.
+    - What Werkzeug's parser refuses itself (a 64 KB address: 414; a 64 KB
+      header line or more than 100 headers: 431; a request line that is not
+      HTTP) is answered in JSON like every other error, with the security
+      headers, and logged as one short WARNING line (rate-limited: the
+      client's fault, not the server's) instead of an ERROR with the raw bytes.
+    """
+
+    def connection_dropped(self, error: BaseException, environ: Any = None) -> None:
+        self.close_connection = True
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        error, text = _PARSER_ERRORS.get(code, _BAD_REQUEST)
+        CLIENT_FAULTS.warning(
+            logger, "%s sent what is not an HTTP request (%d %s): %.100s",
+            self.address_string(), code, error, message or "",
+        )  # fmt: skip
+        body = json.dumps({"error": error, "message": text}).encode()
+        # A line that is not HTTP leaves the version at HTTP/0.9, whose answers have no
+        # status line: the client would not even learn that it was refused.
+        self.request_version = "HTTP/1.1"
+        self.send_response(code)
+        headers = {
+            **STATIC_HEADERS,
+            "Content-Security-Policy": content_security_policy(""),
+            "Content-Type": "application/json",
+            "Content-Length": str(len(body)),
+            "Connection": "close",
+        }
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+        self.close_connection = True
+
+
+def make_server(app: Flask, host: str, port: int) -> BaseWSGIServer:
+    """Werkzeug's threaded server for app on host:port (port 0: any free port), not yet serving.
+
+    Its connections are handled by ``RequestHandler``, with the idle timeout of
+    ``uploads.idle_timeout_handler``.
+    """
+    handler = uploads.idle_timeout_handler(app, RequestHandler)
+    return make_werkzeug_server(host, port, app, threaded=True, request_handler=handler)
 
 
 def stop_on_sigterm(app) -> None:
@@ -66,11 +144,14 @@ def main(argv: list[str] | None = None) -> None:
     settings = {**config.defaults(), **config.from_environment(), **overrides}
     configure_logging(settings["LOG_LEVEL"])
     app = create_app(overrides)
-    socketio = app.extensions["socketio"]
+    server = make_server(app, app.config["HOST"], app.config["PORT"])
     stop_on_sigterm(app)
+    # Werkzeug's threaded server is the documented way to run on a workstation: said
+    # once, plainly, at INFO. (socketio.run() would log a WARNING at every start when
+    # stdin is not a terminal, as under systemd or a test, and app.run() a banner.)
     logger.info(
-        "serving on http://%s:%d with %d workers, data in %s",
-        app.config["HOST"], app.config["PORT"], app.config["WORKERS"], app.config["DATA_DIR"],
+        "serving on http://%s:%d with %d workers, data in %s (Werkzeug's threaded server; "
+        "for many users run it under gunicorn, see Deployment in the README)",
+        app.config["HOST"], server.server_port, app.config["WORKERS"], app.config["DATA_DIR"],
     )  # fmt: skip
-    socketio.run(app, host=app.config["HOST"], port=app.config["PORT"], allow_unsafe_werkzeug=True,
-                 request_handler=uploads.idle_timeout_handler(app))  # fmt: skip
+    server.serve_forever()

@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from werkzeug.serving import make_server
 
 from audioclient import InOrderClient
 from audioserver.audio.ffmpeg import configure_pydub, find_ffmpeg
 from audioserver.audio.pipeline import Pipeline
 from audioserver.audio.steps import Block, Param, Step
+from audioserver.server import make_server
 from bench.harness import ServerProcess, free_port  # noqa: F401  (for the tests)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -202,7 +202,7 @@ class LiveServer:
     def __init__(self, app) -> None:
         self.app = app
         self.engine = app.extensions["audio_engine"]
-        self._server = make_server("127.0.0.1", 0, app, threaded=True)
+        self._server = make_server(app, "127.0.0.1", 0)  # as python app.py serves
         self.url = f"http://127.0.0.1:{self._server.server_port}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()

@@ -1,4 +1,4 @@
-"""The Socket.IO layer: every message's packets leave together, whichever thread sends them."""
+"""The Socket.IO layer: every message's packets leave together; every event gets an ack."""
 
 from __future__ import annotations
 
@@ -45,3 +45,14 @@ def test_a_binary_event_cannot_be_split_by_another_send(live_server, listen):
         resume.set()
         server.eio.send_packet = send_packet
     assert sent == ["5", "attachment", "3"]  # header, its attachment, then the ack (type 3)
+
+
+def test_an_unknown_event_or_a_second_argument_gets_an_error_ack(live_server, listen, caplog):
+    client = listen(live_server.url).client
+    unknown = client.call("no_such_event", {"task_id": "a"}, timeout=10)
+    assert unknown["ok"] is False and unknown["error"] == "unknown_event"
+    assert "subscribe, unsubscribe, stop" in unknown["message"]
+    extra = client.call("stop", ({"task_id": "a"}, "more"), timeout=10)
+    assert (extra["ok"], extra["error"]) == (False, "bad_event")
+    assert client.call("stop", {"task_id": "a"}, timeout=10)["error"] == "task_not_found"
+    assert not [record for record in caplog.records if record.levelname in ("WARNING", "ERROR")]

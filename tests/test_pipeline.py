@@ -161,6 +161,31 @@ def test_json_parser_never_fails_other_than_with_a_parameter_error(entries):
         assert len(pipeline.steps) == len(entries)
 
 
+@pytest.mark.parametrize(
+    ("spec", "words"),
+    [
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+        ('[{"step": "gain", "db": ' + "[" * 500 + "]" * 500 + "}]", "not an array or object"),
+        ('[{"step": "gain", "db": {"a": 1}}]', "not an array or object"),
+        ('[{"step": "gain", "db": ' + "1" * 5000 + "}]", "finite number, got inf"),
+        ('[{"step": "highpass", "freq": 80, "order": ' + "9" * 400 + "}]", "finite number"),
+        ('[{"step": "gain", "db": -' + "1" * 300 + "}]", "between -60 and 40"),
+        ("gain=db=" + "1" * 5000, "finite number, got '" + "1" * 40 + "...'"),
+        ("gain=" + "x" * 100_000 + "=1", "unknown parameter '" + "x" * 40 + "...'"),
+        ("gain=" + "x" * 100_000, "must be a number, got '" + "x" * 40 + "...'"),
+        ("gain=db=1:" + "x" * 100_000, "option '" + "x" * 40 + "'... (100000 characters)"),
+    ],
+    ids=["100,000 deep", "500 deep", "object", "5,000 digits", "400 digits", "300 digits",
+         "5,000 digit text", "long name", "long value", "long option"],
+)  # fmt: skip
+def test_hostile_pipelines_are_parameter_errors_with_short_messages(spec, words):
+    with pytest.raises(ParameterError) as caught:
+        Pipeline.parse(spec)
+    assert words in caught.value.message
+    assert len(caught.value.message) < 250
+    assert len(str(caught.value.extra.get("parameter", ""))) <= 64
+
+
 def test_plan_splits_stages_at_global_steps():
     stages = Pipeline.parse(
         "highpass=freq=80,normalize,gain=db=-1,normalize,lowpass=freq=9000"

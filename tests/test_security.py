@@ -8,7 +8,7 @@ from html.parser import HTMLParser
 import pytest
 import requests
 
-from audioserver.security import OriginPolicy, content_security_policy
+from audioserver.security import HostPolicy, OriginPolicy, content_security_policy
 
 EVIL = "https://evil.example"
 FRIEND = "https://app.example"
@@ -203,3 +203,56 @@ def test_socketio_accepts_a_configured_origin_and_still_its_own(make_server):
 def test_socketio_accepts_any_origin_with_a_star(make_server):
     server = make_server(CORS_ORIGINS="*")
     assert opened(socketio_handshake(server.url, EVIL))
+
+
+# -- host names (DNS rebinding) ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("allowed", "bound", "host", "allows"),
+    [
+        ("", "127.0.0.1", "localhost:5001", True),
+        ("", "127.0.0.1", "LOCALHOST", True),
+        ("", "127.0.0.1", "127.0.0.1:5001", True),
+        ("", "0.0.0.0", "192.168.1.20:5001", True),  # an address is nobody's name
+        ("", "127.0.0.1", "[::1]:5001", True),
+        ("", "127.0.0.1", None, True),  # no Host header: no browser
+        ("", "127.0.0.1", "evil.example:5001", False),
+        ("", "127.0.0.1", "localhost.evil.example", False),
+        ("", "127.0.0.1", "127.0.0.1.nip.io", False),
+        ("", "127.0.0.1", "", False),
+        ("", "127.0.0.1", "[evil.example]:5001", False),
+        ("", "127.0.0.1", "[::1", False),
+        ("", "127.0.0.1", "a b", False),
+        ("", "127.0.0.1", "evil.example:80@localhost", False),
+        ("", "studio.lan", "studio.lan:5001", True),  # the name the server is bound to
+        ("audio.example.com", "127.0.0.1", "audio.example.com", True),
+        ("audio.example.com", "127.0.0.1", "audio.example.com.:443", True),
+        ("audio.example.com", "127.0.0.1", "x.audio.example.com", False),
+        (" .example.com , other.example", "127.0.0.1", "a.b.example.com", True),
+        (".example.com", "127.0.0.1", "example.com", True),
+        (".example.com", "127.0.0.1", "badexample.com", False),
+        (["a.example", "b.example"], "127.0.0.1", "b.example", True),
+        ("*", "127.0.0.1", "anything.example", True),
+        ("*", "127.0.0.1", "not a host", False),
+    ],
+)
+def test_host_policy(allowed, bound, host, allows):
+    assert HostPolicy(allowed, bound=bound).allows(host) is allows
+
+
+def test_another_host_name_is_400_bad_host_with_the_security_headers(client):
+    response = client.get("/healthz", headers={"Host": "rebound.evil.example"})
+    assert response.status_code == 400
+    assert response.get_json()["error"] == "bad_host"
+    assert "'rebound.evil.example'" in response.get_json()["message"]
+    assert response.headers["X-Frame-Options"] == "DENY"
+    page = client.get("/", headers={"Host": "rebound.evil.example"})
+    assert page.status_code == 400 and page.is_json
+    assert client.get("/healthz", headers={"Host": "localhost:5001"}).status_code == 200
+
+
+def test_allowed_hosts_setting_adds_names(make_app):
+    client = make_app(ALLOWED_HOSTS="audio.example.com").test_client()
+    assert client.get("/healthz", headers={"Host": "audio.example.com"}).status_code == 200
+    assert client.get("/healthz", headers={"Host": "other.example.com"}).status_code == 400

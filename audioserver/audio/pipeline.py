@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -28,6 +29,7 @@ from .steps import Block, GlobalStep, Step
 
 MAX_STEPS = 32
 DEFAULT_PIPELINE = "normalize"
+SHOWN_CHARACTERS = 40  # of a value quoted back in an error message
 
 
 def _pipeline_error(message: str, **extra: Any) -> ParameterError:
@@ -74,8 +76,8 @@ def _parse_options(name: str, position: int, text: str) -> dict[str, Any]:
         if not equals:
             if index >= len(declared):
                 raise _pipeline_error(
-                    f"Step {position} '{name}': option {item.strip()!r} has no name, and the step "
-                    f"takes {len(declared)} positional option(s). Write name=value.",
+                    f"Step {position} '{name}': option {_shown(item.strip())} has no name, and the "
+                    f"step takes {len(declared)} positional option(s). Write name=value.",
                     step=name,
                     position=position,
                 )
@@ -89,22 +91,33 @@ def _parse_options(name: str, position: int, text: str) -> dict[str, Any]:
             )
         if key in options:
             raise _pipeline_error(
-                f"Step {position} '{name}': parameter '{key}' is given twice.",
+                f"Step {position} '{name}': parameter {_shown(key)} is given twice.",
                 step=name,
-                parameter=key,
+                parameter=key[:64],
                 position=position,
             )
         options[key] = value.strip()
     return options
 
 
+def _json_int(digits: str) -> int | float:
+    # Python refuses to convert integers of more than 4300 digits (a ValueError), and no
+    # float holds one of more than 308: such a number is as good as infinite.
+    return int(digits) if len(digits) <= 300 else float(digits)
+
+
 def _parse_json(text: str) -> list[tuple[str, dict[str, Any]]]:
     try:
-        entries = json.loads(text)
+        entries = json.loads(text, parse_int=_json_int)
     except json.JSONDecodeError as error:
         raise _pipeline_error(
             f"The pipeline is not valid JSON: {error.msg} at character {error.pos}. "
             'Example: [{"step": "highpass", "freq": 80}].'
+        ) from None
+    except RecursionError:
+        raise _pipeline_error(
+            "The pipeline JSON is nested too deeply: it is an array of steps, each an object "
+            'of numbers. Example: [{"step": "highpass", "freq": 80}].'
         ) from None
     return _from_json(entries)
 
@@ -121,8 +134,28 @@ def _from_json(entries: Any) -> list[tuple[str, dict[str, Any]]]:
                 position=position,
             )
         options = {key: value for key, value in entry.items() if key != "step"}
+        for key, value in options.items():
+            if isinstance(value, list | dict):
+                raise _pipeline_error(
+                    f"Step {position} '{entry['step'][:64]}': parameter {_shown(key)} must be a "
+                    "number, not an array or object.",
+                    step=entry["step"][:64],
+                    parameter=key[:64],
+                    position=position,
+                )
         parsed.append((entry["step"], options))
     return parsed
+
+
+def _shown(text: str) -> str:
+    """text quoted for an error message, cut to SHOWN_CHARACTERS."""
+    if len(text) <= SHOWN_CHARACTERS:
+        return repr(text)
+    return f"{text[:SHOWN_CHARACTERS]!r}... ({len(text)} characters)"
+
+
+# A quoted value in a step's message longer than SHOWN_CHARACTERS (a client may send any).
+_LONG_QUOTE = re.compile(rf"'([^']{{{SHOWN_CHARACTERS}}})[^']+'")
 
 
 def _make_step(position: int, name: str, options: dict[str, Any]) -> Step:
@@ -137,9 +170,12 @@ def _make_step(position: int, name: str, options: dict[str, Any]) -> Step:
     try:
         return step_class(**options)
     except ParameterError as error:
-        error.message = error.message.replace("Step '", f"Step {position} '", 1)
+        message = error.message.replace("Step '", f"Step {position} '", 1)
+        error.message = _LONG_QUOTE.sub(r"'\1...'", message)
         error.args = (error.message,)
         error.extra["position"] = position
+        if isinstance(error.extra.get("parameter"), str):
+            error.extra["parameter"] = error.extra["parameter"][:64]
         raise
 
 

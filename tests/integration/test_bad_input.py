@@ -112,7 +112,7 @@ def test_a_body_over_the_limit_is_413_before_it_is_read(server):
     limit = 2 * 1024 * 1024
     with socket.create_connection(("127.0.0.1", int(server.url.rsplit(":", 1)[1])), 10) as raw:
         raw.sendall(
-            b"POST /upload HTTP/1.1\r\nHost: test\r\n"
+            b"POST /upload HTTP/1.1\r\nHost: localhost\r\n"
             b"Content-Type: multipart/form-data; boundary=xyz\r\n"
             + f"Content-Length: {limit + 1}\r\n\r\n".encode()
             + b"--xyz\r\n"  # and nothing more of the 2 MB announced
