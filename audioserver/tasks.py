@@ -681,8 +681,21 @@ class TaskEngine:
             if stage is task.stages[0]:
                 task.duration = task.decoder.frames_read / task.info.sample_rate
                 self._check_length(task)
+                self._check_silenced(task)
             if last:
                 task.chunks_final = chunks
+
+    def _check_silenced(self, task: Task) -> None:
+        """Warn when the decoder replaced samples that were not numbers (a broken float file)."""
+        count = task.decoder.silenced if task.decoder is not None else 0
+        if count:
+            message = (
+                f"{count} samples of the file were not finite numbers (NaN or infinity) or "
+                "were beyond +24 dBFS; they were replaced by silence. The file is probably "
+                "damaged, or was written by a program with a bug."
+            )
+            task.warnings.append({"warning": "not_finite", "message": message})
+            task.log.warning("%s", message)
 
     def _check_length(self, task: Task) -> None:
         """Warn when the audio ended well before its header said (a truncated file)."""

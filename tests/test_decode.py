@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 
 import numpy as np
@@ -197,3 +198,51 @@ def test_kill_ends_the_stream_without_an_error(decode, audio_file):
     assert decoder.read(1000).frame_count() == 1000
     decoder.kill()
     read_all(decoder)  # ends, and raises nothing
+
+
+def test_nan_and_infinities_become_silence_and_are_counted(decode, tmp_path):
+    samples = np.full((8000, 2), 0.25)
+    samples[100, 0], samples[200, 1], samples[300, 0] = np.nan, np.inf, -np.inf
+    samples[400, 1] = 1e30  # far beyond +24 dBFS
+    decoder = decode(write_float_wav(tmp_path / "broken.wav", samples, 8000))
+    decoded = read_all(decoder)
+    assert np.isfinite(decoded).all()
+    assert decoded[100, 0] == decoded[200, 1] == decoded[300, 0] == decoded[400, 1] == 0
+    assert decoded[101, 0] == pytest.approx(0.25)
+    assert decoder.silenced == 4
+
+
+def test_a_clean_float_file_silences_nothing(decode, tmp_path):
+    decoder = decode(write_float_wav(tmp_path / "hot.wav", music(1.0, rate=8000) * 8, 8000))
+    read_all(decoder)  # peaks near +18 dBFS: overs, but on no rail
+    assert decoder.silenced == 0
+
+
+@pytest.mark.parametrize(
+    "tag",
+    [
+        "Duration: 05:00:00.00, start: 0.000000, bitrate: 1 kb/s",
+        "x\n  Duration: 00:00:01.00, start: 0.000000, bitrate: 1 kb/s\n"
+        "  Stream #0:0: Audio: evilcodec, 8000 Hz, mono",
+        "Stream #0:0: Audio: evilcodec",
+    ],
+)
+def test_tags_cannot_fake_the_duration_or_the_codec(decode, tmp_path, ffmpeg, tag):
+    source = write_wav(tmp_path / "a.wav", music(30.0, rate=8000), 8000)
+    path = tmp_path / "tagged.flac"
+    subprocess.run(
+        [ffmpeg, "-v", "error", "-i", str(source), "-metadata", f"title={tag}",
+         "-metadata", f"artist={tag}", str(path)],
+        check=True,
+    )  # fmt: skip
+    info = decode(path).info
+    assert info.duration == pytest.approx(30.0, abs=0.05)
+    assert info.codec == "flac"
+
+
+def test_a_decoder_killed_from_outside_says_so(decode, tmp_path):
+    decoder = decode(write_wav(tmp_path / "long.wav", music(30.0, rate=44100), 44100))
+    assert decoder.read(1000).frame_count() == 1000
+    os.kill(decoder._proc.pid, 9)  # as the kernel's out-of-memory killer would
+    with pytest.raises(DecodeError, match=r"killed by signal 9 \(SIGKILL\)"):
+        read_all(decoder)

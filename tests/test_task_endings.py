@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import Recorder, write_wav
+from helpers import Recorder, write_float_wav, write_wav
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -96,3 +96,22 @@ def test_every_task_ends_exactly_once_with_json_that_is_valid(
     engine.subscribe(task.id, late)
     assert recorder.wait_end(late, task.id, timeout=30) == (event, data)
     engine.delete(task.id)
+
+
+def test_nan_samples_end_as_silence_with_a_warning_and_json_stays_valid(engine, folder):
+    engine, recorder = engine
+    samples = np.random.default_rng(3).uniform(-0.5, 0.5, (16000, 2))
+    samples[1000:1010, 0] = np.nan
+    samples[5000, 1] = np.inf
+    path = write_float_wav(folder / "broken.wav", samples, 8000)
+    sid = recorder.connect(f"client-{time.monotonic_ns()}")
+    options = TaskOptions(pipeline=Pipeline.parse("loudness"), chunk_seconds=0.5)
+    task = engine.create(path, filename="broken.wav", options=options, subscriber=sid)
+    event, data = recorder.wait_end(sid, task.id)
+    assert event == "processing_complete"
+    (warning,) = data["warnings"]
+    assert warning["warning"] == "not_finite" and warning["message"].startswith("11 samples")
+    json.dumps(data, allow_nan=False)
+    json.dumps(engine.describe(task), allow_nan=False)
+    for chunk in recorder.chunks(sid, task.id):
+        json.dumps({k: v for k, v in chunk.items() if k != "audio"}, allow_nan=False)

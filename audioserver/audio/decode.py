@@ -25,11 +25,14 @@ import logging
 import os
 import re
 import select
+import signal
 import struct
 import subprocess
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from ..errors import DecodeError
 from .pcm import AudioSegment
@@ -45,8 +48,15 @@ AUDIO_DEMUXERS = (
     "truehd,tta,voc,w64,wav,wv,xwma"
 )
 
-_DURATION = re.compile(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)")
-_AUDIO_STREAM = re.compile(r"Stream #\d+:\d+.*?: Audio: (\w+)")
+# ffmpeg's own lines about the input start with exactly two spaces. A file's tags are
+# printed too, but always indented further, even a tag value's second line (ffmpeg
+# prefixes it with the indent and a 16-character key column): so a tag that says
+# "Duration: 05:00:00.00" or "Audio: evilcodec" can never match these.
+_DURATION = re.compile(r"^  Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?),")
+_AUDIO_STREAM = re.compile(r"^  Stream #0:\d+(?:\[\w+\])?(?:\(\w+\))?: Audio: (\w+)")
+# What ffmpeg writes for a sample it cannot represent: NaN and infinities in a float
+# file (and samples beyond +24 dBFS) land on the 32-bit rails.
+_RAILS = (np.iinfo(np.int32).min, np.iinfo(np.int32).max)
 _LOG_PREFIX = re.compile(r"^\[[^\]]*@ 0x[0-9a-f]+\]\s*")
 _ERROR_WORDS = ("error", "invalid", "failed", "not on whitelist", "unsupported", "could not")
 _PIPE_SIZE = 1 << 20
@@ -87,10 +97,10 @@ class _StderrLog:
 
     def _take(self, line: str) -> None:
         self.lines.append(line)
-        if self.duration is None and (match := _DURATION.search(line)):
+        if self.duration is None and (match := _DURATION.match(line)):
             hours, minutes, seconds = match.groups()
             self.duration = int(hours) * 3600 + int(minutes) * 60 + float(seconds)
-        if self.codec is None and (match := _AUDIO_STREAM.search(line)):
+        if self.codec is None and (match := _AUDIO_STREAM.match(line)):
             self.codec = match.group(1)
         if line.startswith(("Stream mapping:", "Output #0")):
             self.input_described.set()
@@ -144,6 +154,7 @@ class Decoder:
         self.path = path
         self.stall_seconds = stall_seconds
         self.frames_read = 0
+        self.silenced = 0  # samples that were not finite numbers (or beyond +24 dBFS)
         self._killed = False
         self._pending = b""
         self._proc = subprocess.Popen(
@@ -255,15 +266,32 @@ class Decoder:
             data = data[: len(data) - len(data) % self.frame_bytes]
         self.frames_read += len(data) // self.frame_bytes
         return AudioSegment(
-            data=data,
+            data=self._silence_rails(data),
             sample_width=SAMPLE_WIDTH,
             frame_rate=self.info.sample_rate,
             channels=self.info.channels,
         )
 
+    def _silence_rails(self, data: bytes) -> bytes:
+        """Replace samples on the 32-bit rails (NaN, infinities, beyond +24 dBFS) with 0."""
+        samples = np.frombuffer(data, dtype="<i4")
+        if not samples.size or (samples.min() > _RAILS[0] and samples.max() < _RAILS[1]):
+            return data  # the usual case: two quick reductions, no copy
+        samples = samples.copy()
+        railed = (samples == _RAILS[0]) | (samples == _RAILS[1])
+        self.silenced += int(np.count_nonzero(railed))
+        samples[railed] = 0
+        return samples.tobytes()
+
     def _finish(self) -> None:
         """At the end of the stream: make sure ffmpeg ended well."""
         returncode = self._wait_for_exit()
+        if returncode < 0 and not self._killed:
+            raise DecodeError(
+                f"Decoding failed part way: the decoder (ffmpeg) was killed by signal "
+                f"{-returncode} ({signal.Signals(-returncode).name}), by something outside the "
+                "server (out of memory, an operator). Upload the file again."
+            )
         if returncode != 0 and not self._killed:
             raise DecodeError(f"Decoding failed part way: {self._stderr.error_line()}.")
 
