@@ -11,6 +11,9 @@ import enum
 import logging
 import math
 import threading
+import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -94,6 +97,54 @@ class Window:
         with self._condition:
             self._cancelled = True
             self._condition.notify_all()
+
+
+class FairQueue:
+    """The jobs of every task, for one pool: the next job goes to the task that used least CPU.
+
+    A pool worker takes one job per ``run_next``: the oldest job of the task
+    whose jobs have used the least CPU time so far (each task's own jobs keep
+    their order). A task that becomes ready again starts no lower than the
+    least of those already waiting, so it cannot bank time while it had
+    nothing to do: a new task gets its share at once, and no task more than its
+    share, however costly its jobs are.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ready: dict[str, deque[Callable[[], None]]] = {}
+        self._used: dict[str, float] = {}  # CPU seconds of each task's jobs
+
+    def put(self, key: str, job: Callable[[], None]) -> None:
+        """Queue a job of task key (call ``run_next`` once for each job put)."""
+        with self._lock:
+            queue = self._ready.get(key)
+            if queue is None:
+                floor = min((self._used[other] for other in self._ready), default=0.0)
+                self._used[key] = max(self._used.get(key, 0.0), floor)
+                queue = self._ready[key] = deque()
+            queue.append(job)
+
+    def run_next(self) -> None:
+        """Run the next job of the task that has used least CPU, and count what it used."""
+        with self._lock:
+            key = min(self._ready, key=self._used.__getitem__)
+            queue = self._ready[key]
+            job = queue.popleft()
+            if not queue:
+                del self._ready[key]
+        started = time.thread_time()
+        try:
+            job()
+        finally:
+            with self._lock:
+                self._used[key] = self._used.get(key, 0.0) + time.thread_time() - started
+
+    def forget(self, key: str) -> None:
+        """Drop what a task used, once it has no job queued or running."""
+        with self._lock:
+            if key not in self._ready:
+                self._used.pop(key, None)
 
 
 class JobCounter:

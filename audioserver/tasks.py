@@ -17,6 +17,7 @@ that ``events.py`` wires to ``socketio.emit``. Only this module starts threads.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import re
 import shutil
@@ -59,7 +60,16 @@ from .storage import (
     remove_folder,
     save_snapshot,
 )
-from .task import INTERNAL_META, TERMINAL, ChunkOutput, Status, Task, TaskOptions, now
+from .task import (
+    INTERNAL_META,
+    TERMINAL,
+    ChunkOutput,
+    FairQueue,
+    Status,
+    Task,
+    TaskOptions,
+    now,
+)
 
 __all__ = ["Broadcaster", "Status", "Task", "TaskEngine", "TaskOptions"]
 
@@ -182,6 +192,7 @@ class TaskEngine:
         # products would only fight it for the same cores (OpenBLAS spins while it waits).
         threadpool_limits(limits=1, user_api="blas")
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="worker")
+        self._fair = FairQueue()  # which task's job a free worker takes next
         # Starting a decoder and planning take the GIL for a few ms each; twenty uploads
         # at once would hold it long enough to delay every other request.
         self._probing = threading.BoundedSemaphore(max(2, workers))
@@ -667,7 +678,13 @@ class TaskEngine:
             if not task.window.acquire():
                 return None
             task.jobs.add()
-            self._pool.submit(self._process, task, stage, job, spool, measurements, chunk_frames)
+            self._fair.put(
+                task.id,
+                functools.partial(
+                    self._process, task, stage, job, spool, measurements, chunk_frames
+                ),
+            )
+            self._pool.submit(self._fair.run_next)
             jobs += 1
             chunks += -(-job.body_frames // chunk_frames)
         self._source_ended(task, stage, chunks, last=spool is None)
@@ -956,6 +973,7 @@ class TaskEngine:
     def _retire(self, task: Task) -> None:
         """Release what a task no longer needs once no job of it runs: decoder, encoder, upload."""
         task.jobs.wait_idle()
+        self._fair.forget(task.id)
         if task.decoder is not None:
             task.decoder.close()
         if task.encoder is not None and task.result_path is None:

@@ -136,7 +136,9 @@ def measure_stop(sizes: Sizes, files: dict[str, Path]) -> dict[str, Any]:
     with ServerProcess(workers=CORES, max_active_tasks=8) as server:
         busy, target = Client(server.url), Client(server.url)
         heavy = "highpass=freq=10:order=8,lowpass=freq=12000:order=8,compressor"
-        busy_tasks = [busy.upload(files["long"], pipeline=heavy, chunk_seconds="0.5")["task_id"]
+        # The busy tasks must outlast every stop measured: a costlier pipeline on the long file.
+        busier = f"resample=rate=192000,{heavy}"
+        busy_tasks = [busy.upload(files["long"], pipeline=busier, chunk_seconds="0.5")["task_id"]
                       for _ in range(4)]  # fmt: skip
         for _ in range(sizes.stop_repeats):
             task = target.upload(files["short"], pipeline=heavy, chunk_seconds="0.5")["task_id"]
