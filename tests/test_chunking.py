@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 
@@ -19,6 +20,7 @@ from audioserver.audio.chunking import (
 from audioserver.audio.decode import Decoder
 from audioserver.audio.pcm import AudioSegment
 from audioserver.audio.pipeline import Pipeline
+from audioserver.task import FairQueue
 from audioserver.tasks import TaskEngine, TaskOptions
 
 RATE = 8000
@@ -145,22 +147,21 @@ def test_a_quiet_spool_keeps_its_resolution(tmp_path):
     spool.close()
 
 
-class RecordingPool(ThreadPoolExecutor):
-    """The engine's real pool, keeping every chunk submitted to it."""
+class RecordingQueue(FairQueue):
+    """The engine's real queue of jobs for its pool, keeping every chunk put in it."""
 
-    def __init__(self, workers: int) -> None:
-        super().__init__(workers, thread_name_prefix="worker")
+    def __init__(self) -> None:
+        super().__init__()
         self.chunks: list[Chunk] = []
 
-    def submit(self, fn, /, *args, **kwargs):
-        self.chunks.extend(arg for arg in args if isinstance(arg, Chunk))
-        return super().submit(fn, *args, **kwargs)
+    def put(self, key: str, job: functools.partial) -> None:  # type: ignore[override]
+        self.chunks.extend(arg for arg in job.args if isinstance(arg, Chunk))
+        super().put(key, job)
 
 
 def test_the_engine_hands_pydub_segments_to_its_pool(tmp_path, ffmpeg, signal):
     engine = TaskEngine(data_dir=tmp_path / "data", ffmpeg=ffmpeg, workers=2)
-    engine._pool.shutdown()
-    engine._pool = pool = RecordingPool(2)
+    engine._fair = pool = RecordingQueue()  # what the pool's workers take their jobs from
     recorder = Recorder()
     engine.broadcaster = recorder
     sid = recorder.connect("client")

@@ -358,8 +358,23 @@ def fake_ffmpeg(tmp_path: Path) -> Callable[[str], str]:
     return make
 
 
+_EARLIER: set[threading.Thread] = set()
+
+
+@pytest.fixture(autouse=True)
+def _earlier_threads() -> None:
+    """Remember the threads other tests left running: encoder_threads() judges this test's own."""
+    _EARLIER.clear()
+    _EARLIER.update(threading.enumerate())
+
+
 def encoder_threads() -> list[threading.Thread]:
-    return [thread for thread in threading.enumerate() if thread.name.startswith("encode-")]
+    """The encoder threads this test started that still run."""
+    return [
+        thread
+        for thread in threading.enumerate()
+        if thread.name.startswith("encode-") and thread not in _EARLIER
+    ]
 
 
 @pytest.mark.parametrize("format", ENCODED)

@@ -29,9 +29,14 @@ HEAVY = [
     ("highpass", {"Frequency": "10", "Order": "8"}),
     ("lowpass", {"Frequency": "12000", "Order": "8"}),
 ]
-# Slower still (a compressor's pre-roll is 16 x its release): a task that stays stoppable
-# for many seconds, however long a screenshot takes on a busy machine.
-STOPPABLE = [*HEAVY, ("compressor", {"Release": "500", "Make-up gain": "6"})]
+# Slower still (everything after the resampler at four times the rate): a task that stays
+# stoppable for many seconds, however long a screenshot takes on a busy machine.
+STOPPABLE = [
+    ("resample", {"Sample rate": "192000"}),
+    *HEAVY,
+    ("compressor", {"Release": "500", "Make-up gain": "6"}),
+]
+STOPPABLE_FRAMES = 48000  # a 0.25 s chunk at 192 kHz
 DOCS_SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "page-processing.png"
 
 pytestmark = pytest.mark.browser
@@ -190,7 +195,7 @@ def test_stop_halfway_shows_the_stopped_state_and_draws_nothing_more(
     shoot(page, screenshots, "4-stopped")
 
     partial = ffmpeg_decode(download(server, page, tmp_path, "partial.wav"))
-    assert partial.shape == (emitted * 12000, 2)
+    assert partial.shape == (emitted * STOPPABLE_FRAMES, 2)
 
 
 def test_an_undecodable_file_shows_the_servers_415_message(
@@ -263,7 +268,7 @@ def test_playback_starts_before_processing_ends(page, make_server, long_audio):
     playing = wait_until(page, "s.playback.playedSeconds > 0.5")
     playback = playing["playback"]
     assert playing["phase"] == "processing"
-    assert playback["contextState"] == "running" and playback["sampleRate"] == 48000
+    assert playback["contextState"] == "running" and playback["sampleRate"] == 192000
     assert playback["buffersScheduled"] >= 2 and playback["underruns"] == 0
     page.get_by_role("button", name="Stop").click()
     wait_until(page, "s.phase === 'stopped'")
