@@ -71,7 +71,5 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     errors.init_app(app)
     register_handlers(socketio, engine)
     app.register_blueprint(routes.bp)
-    page.init_app(
-        app, page.SocketIOClient(root=root, cache=page.cache_dir(), npm=app.config["NPM"])
-    )
+    page.init_app(app, page.VendorFiles(root=root, cache=page.cache_dir(), npm=app.config["NPM"]))
     return app
