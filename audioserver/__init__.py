@@ -19,6 +19,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
     from . import config, errors, page, routes, security
     from .audio.ffmpeg import configure_pydub, find_ffmpeg
+    from .closing import CloseWhenDropped
     from .events import SocketBroadcaster, register_handlers
     from .metrics import Metrics
     from .tasks import TaskEngine
@@ -72,4 +73,5 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     register_handlers(socketio, engine)
     app.register_blueprint(routes.bp)
     page.init_app(app, page.VendorFiles(root=root, cache=page.cache_dir(), npm=app.config["NPM"]))
+    app.wsgi_app = CloseWhenDropped(app.wsgi_app)  # files close when a client goes away
     return app
