@@ -4,10 +4,11 @@ The page's ``templates/`` and ``static/`` are at the top level of the
 repository, where a checkout's server serves them. An installed server has no
 checkout, so the wheel carries them inside the package, as
 ``audioserver/web/``, with ``package.json`` and ``package-lock.json``. When
-``static/vendor/socket.io.min.js`` is missing (a fresh clone) and npm is
-there, the build fetches it into the wheel; otherwise the installed server
-fetches it at its first start (see ``audioserver/page.py``). An editable
-install needs none of this: it serves the checkout's own folders.
+the page's npm files (``static/vendor/``: the Socket.IO client and peaks.js)
+are missing (a fresh clone) and npm is there, the build fetches them into the
+wheel; otherwise the installed server fetches them at its first start (see
+``audioserver/page.py``). An editable install needs none of this: it serves
+the checkout's own folders.
 """
 
 from __future__ import annotations
@@ -47,17 +48,21 @@ class BuildWithPage(build_py):
         shutil.copytree(ROOT / "static", web / "static", ignore=ignore)
         for name in page.NPM_FILES:
             shutil.copyfile(ROOT / name, web / name)
-        client = web / "static" / page.SOCKETIO_CLIENT
-        if client.is_file():
+        missing = {
+            name: web / "static" / name
+            for name in page.VENDOR
+            if not (web / "static" / name).is_file()
+        }
+        if not missing:
             return
         npm = shutil.which("npm")
         if npm is None:
-            print("npm not found: the wheel goes without the Socket.IO client (fetched at start)")
+            print("npm not found: the wheel goes without the page's npm files (fetched at start)")
             return
         try:
-            page.fetch_client(npm, root=ROOT, target=client)
+            page.fetch_vendor(npm, root=ROOT, targets=missing)
         except (OSError, subprocess.SubprocessError) as error:
-            print(f"the wheel goes without the Socket.IO client: {page.npm_failure(error)}")
+            print(f"the wheel goes without the page's npm files: {page.npm_failure(error)}")
 
 
 setup(cmdclass={"build_py": BuildWithPage})

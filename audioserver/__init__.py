@@ -19,6 +19,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
     from . import config, errors, events, jsonio, page, routes, security
     from .audio.ffmpeg import configure_pydub, find_ffmpeg
+    from .closing import CloseWhenDropped
     from .events import SocketBroadcaster, register_handlers
     from .metrics import Metrics
     from .tasks import TaskEngine
@@ -79,7 +80,6 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     errors.init_app(app)
     register_handlers(socketio, engine)
     app.register_blueprint(routes.bp)
-    page.init_app(
-        app, page.SocketIOClient(root=root, cache=page.cache_dir(), npm=app.config["NPM"])
-    )
+    page.init_app(app, page.VendorFiles(root=root, cache=page.cache_dir(), npm=app.config["NPM"]))
+    app.wsgi_app = CloseWhenDropped(app.wsgi_app)  # files close when a client goes away
     return app

@@ -181,8 +181,8 @@ SETTINGS: tuple[Setting, ...] = (
         name="NPM",
         default="npm",
         type=str,
-        help="npm, to fetch the page's Socket.IO client at first start when neither "
-        "static/vendor nor the cache has it (none: never run npm)",
+        help="npm, to fetch the page's Socket.IO client and peaks.js at first start when "
+        "neither static/vendor nor the cache has them (none: never run npm)",
     ),
     Setting(name="LOG_LEVEL", default="INFO", type=str, help="DEBUG, INFO, WARNING or ERROR"),
 )

@@ -225,6 +225,8 @@ class Task:
         self.reorder: dict[int, ChunkOutput] = {}
         self.chunks_final: int | None = None
         self.work_done = 0
+        self.stage_done = [0] * len(stages)  # chunks done in each stage (processing_progress)
+        self.progress_sent = -math.inf  # time.monotonic() of the last processing_progress
         self.meter = OutputMeter(sample_rate=stages[-1].output_rate)
         self.measures: list[ChunkMeasure] = []
         self.output_frames = 0
@@ -308,6 +310,15 @@ class Task:
             return None
         frames = self.duration * self.stages[-1].input_rate
         return max(self.next_index, math.ceil(frames / self.chunk_frames(len(self.stages) - 1)))
+
+    def stage_chunks_total(self, stage: int) -> int | None:
+        """A stage's chunk count, estimated from the duration (exact once decoding ended)."""
+        if stage == len(self.stages) - 1:
+            return self.chunks_total
+        if self.duration is None:
+            return None
+        frames = self.duration * self.stages[stage].input_rate
+        return max(self.stage_done[stage], math.ceil(frames / self.chunk_frames(stage)))
 
     @property
     def progress(self) -> float:

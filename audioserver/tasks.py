@@ -86,6 +86,7 @@ ANALYSIS_COST_NS = 60.0
 # few kHz, and 768 kHz is the highest rate any audio format in use has.
 MIN_SAMPLE_RATE = 4000
 MAX_SAMPLE_RATE = 768_000
+PROGRESS_SECONDS = 0.25  # processing_progress: at most 4 a second per task, plus one per stage end
 
 
 class Broadcaster(Protocol):
@@ -646,6 +647,8 @@ class TaskEngine:
                     previous.close()
                 if count is None:
                     return False
+                with task.lock:
+                    self._progress(task, stage, stage_end=True)
                 if not last:
                     stage.boundary.reduce([measurements[index] for index in range(count)])
                     task.log.info("stage %d measured: %s", number, stage.boundary.report())
@@ -752,7 +755,9 @@ class TaskEngine:
                 spool.write(block.body_start, block.body)
                 self.observer.chunk_processed(time.perf_counter() - started)
                 with task.lock:
-                    task.work_done += -(-len(source.body) // chunk_frames)
+                    chunks = -(-len(source.body) // chunk_frames)
+                    task.work_done += chunks
+                    self._progress(task, stage, count=chunks)
                 task.window.release()
             else:
                 first = chunk.index * stage.chunks_per_job(chunk_frames)
@@ -827,6 +832,50 @@ class TaskEngine:
                 task.work_done += 1
                 if ready.ends_job:
                     task.window.release()
+                self._progress(task, task.stages[-1], done=task.next_index)
+
+    def _progress(
+        self,
+        task: Task,
+        stage: Stage,
+        *,
+        count: int = 1,
+        done: int | None = None,
+        stage_end: bool = False,
+    ) -> None:
+        """Count chunks done in a stage and tell the subscribers (called under the task's lock).
+
+        processing_progress goes out at most every PROGRESS_SECONDS, and once
+        more when a stage ends; never after the terminal event. ``done`` is the
+        stage's count when the caller has it (the last stage's: the chunks emitted).
+        """
+        if task.status in TERMINAL:
+            return
+        number = next(n for n, candidate in enumerate(task.stages) if candidate is stage)
+        if done is not None:
+            task.stage_done[number] = done
+        elif not stage_end:
+            task.stage_done[number] += count
+        moment = time.monotonic()
+        if not stage_end and moment - task.progress_sent < PROGRESS_SECONDS:
+            return
+        task.progress_sent = moment
+        chunks_done = task.stage_done[number]
+        self.broadcaster.emit(
+            "processing_progress",
+            {
+                "task_id": task.id,
+                "stage": number,
+                "stages": len(task.stages),
+                "chunks_done": chunks_done,
+                "chunks_total": chunks_done if stage_end else task.stage_chunks_total(number),
+                "progress": round(task.progress, 4),
+                "chunks_emitted": task.next_index,
+                "duration": task.duration,
+                "elapsed": round(task.elapsed, 3),
+            },
+            to=task.room,
+        )
 
     def _count_emitted(self, task: Task, meta: dict[str, Any], pcm: bytes) -> None:
         self.observer.chunk_emitted(

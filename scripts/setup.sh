@@ -26,15 +26,26 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$digest" ]; then
     echo "$digest" > "$stamp"
 fi
 
-# The page's Socket.IO client comes from the npm registry (package-lock.json pins it)
-# and is served by the server itself: no CDN, nothing copied into the repository by hand.
+# The page's Socket.IO client and peaks.js come from the npm registry (package-lock.json
+# pins them) and are served by the server itself: no CDN, nothing copied into the
+# repository by hand. Each line: the package's file, and its name under static/vendor/.
 vendor=static/vendor
-if [ ! -f "$vendor/socket.io.min.js" ] || [ package-lock.json -nt "$vendor/socket.io.min.js" ]; then
+files="socket.io-client/dist/socket.io.min.js:socket.io.min.js peaks.js/dist/peaks.min.js:peaks.min.js"
+stale=""
+for file in $files; do
+    target="$vendor/${file#*:}"
+    if [ ! -f "$target" ] || [ package-lock.json -nt "$target" ]; then
+        stale=yes
+    fi
+done
+if [ -n "$stale" ]; then
     if command -v npm >/dev/null; then
         npm ci --no-audit --no-fund --loglevel=error
         mkdir -p "$vendor"
-        cp node_modules/socket.io-client/dist/socket.io.min.js "$vendor/"
+        for file in $files; do
+            cp "node_modules/${file%%:*}" "$vendor/${file#*:}"
+        done
     else
-        echo "npm not found: python app.py will serve the page without its Socket.IO client (it then polls over HTTP); install Node.js and run this again" >&2
+        echo "npm not found: python app.py will serve the page without its Socket.IO client (it then polls over HTTP) and without peaks.js; install Node.js and run this again" >&2
     fi
 fi

@@ -1,11 +1,16 @@
 // The page: choose a file, build a pipeline, upload with the socket's id, then
-// follow the task over Socket.IO (progress, waveform, spectrum, meters, playback)
-// to its end: complete (summary and download), stopped (partial result) or failed.
+// follow the task over Socket.IO (progress, waveform, spectrum, meters, the pool's
+// workers, playback with A/B against the original) to its end: complete (summary,
+// zoomable waveform and download), stopped (partial result) or failed. The tasks
+// of this browser are listed, and a reload takes the running one up again.
 
 import * as fmt from "./format.js";
 import { PipelineEditor } from "./pipeline.js";
 import { StreamPlayer } from "./player.js";
+import { RecentTasks } from "./recent.js";
+import { ResultView } from "./result.js";
 import { LevelMeters, SpectrumView, WaveformView } from "./scopes.js";
+import { WorkerLanes } from "./workers.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -18,6 +23,8 @@ const FORMAT_LABELS = {
 };
 const CHUNK_CHOICES = [0.25, 0.5, 1, 2, 5, 10, 20, 30, 60];
 const QUIET_MS = 1500; // ask the server about the task when the stream is quiet this long
+const AB_MAX_BYTES = 100e6; // larger files are not decoded in the browser for A/B
+const TERMINAL = new Set(["completed", "stopped", "failed"]);
 const BUSY = new Set(["uploading", "processing", "stopping"]);
 const PHASE_WORDS = {
   loading: "Loading",
@@ -55,6 +62,8 @@ const ui = {
   result: $("result"),
   download: $("download"),
   resultAudio: $("result-audio"),
+  ab: $("ab"),
+  abStatus: $("ab-status"),
 };
 
 const editor = new PipelineEditor({
@@ -76,6 +85,22 @@ const meters = new LevelMeters($("meters"), {
   rms: $("meter-rms"),
   max: $("meter-max"),
   clip: $("clip"),
+});
+const lanes = new WorkerLanes($("workers"));
+const resultView = new ResultView({
+  figure: $("result-wave"),
+  zoomview: $("result-zoomview"),
+  overview: $("result-overview"),
+  zoomIn: $("zoom-in"),
+  zoomOut: $("zoom-out"),
+  fit: $("zoom-fit"),
+  note: $("result-wave-note"),
+  audio: $("result-audio"),
+});
+const recent = new RecentTasks({
+  list: $("recent-list"),
+  empty: $("recent-empty"),
+  clear: $("recent-clear"),
 });
 
 /** Everything the page knows about the current run. */
@@ -102,7 +127,14 @@ const run = {
   resynced: false,
   lastEventAt: 0,
   polling: false,
-  firstPass: null,
+  firstPass: null, // overall progress while a first pass measures (no chunk yet)
+  progress: null, // the latest processing_progress
+  progressLog: [], // what each processing_progress showed (for tests)
+  playFrom: 0, // chunks before this index are not played (heard before a reload)
+  heard: 0, // the chunk being heard, as last remembered for a reload
+  resumed: null, // {taskId, heard} when a reload took the task up again
+  original: "none", // the original for A/B: none, decoding, ready, unavailable
+  originalWhy: "", // why it is unavailable
   soundAt: null, // when playback was first heard
   chunksAtSound: null,
   phaseAtSound: null,
@@ -181,6 +213,31 @@ async function init() {
   setPhase("idle");
   say("Choose an audio file to begin.");
   requestAnimationFrame(frame);
+  const following = recent.current;
+  await recent.refresh();
+  if (following) await takeUp(following);
+}
+
+/** After a reload: take up the live view of the task this page followed, if it still runs. */
+async function takeUp({ task_id: taskId, heard }) {
+  const answer = await getJSON(`/tasks/${taskId}`).catch(() => null);
+  if (!answer?.ok || TERMINAL.has(answer.body.status)) {
+    recent.unfollow(taskId);
+    return;
+  }
+  if (run.phase !== "idle") return; // a file was chosen meanwhile: that comes first
+  const task = answer.body;
+  resetRun();
+  run.resumed = { taskId, heard };
+  run.playFrom = heard; // what was heard before the reload is not played again
+  $("fact-name").textContent = task.filename;
+  $("fact-size").textContent = "—";
+  ui.facts.hidden = false;
+  accepted(task);
+  say(
+    `Took up ${task.filename} after the reload: the chunks so far are replayed, ` +
+      `and listening goes on from chunk ${heard + 1}.`,
+  );
 }
 
 function fillOutputChoices(catalogue) {
@@ -218,6 +275,10 @@ function wireControls() {
     else player.setPaused(!player.paused);
   });
   ui.volume.addEventListener("input", () => player.setVolume(Number(ui.volume.value)));
+  ui.ab.addEventListener("change", (event) => {
+    player.listenTo(event.target.value);
+    showAB();
+  });
 }
 
 function wireDropzone() {
@@ -300,6 +361,7 @@ function connectSocket() {
   );
   for (const name of [
     "audio_chunk",
+    "processing_progress",
     "processing_complete",
     "processing_stopped",
     "processing_error",
@@ -358,6 +420,7 @@ function route(name, data) {
   if (run.terminal) return;
   run.lastEventAt = performance.now();
   if (name === "audio_chunk") onChunk(data);
+  else if (name === "processing_progress") onProgress(data);
   else if (name === "processing_complete") onComplete(data);
   else if (name === "processing_stopped") onStopped(data);
   else onFailed(data);
@@ -395,6 +458,13 @@ function resetRun() {
     subscribes: [],
     resynced: false,
     firstPass: null,
+    progress: null,
+    progressLog: [],
+    playFrom: 0,
+    heard: 0,
+    resumed: null,
+    original: "none",
+    originalWhy: "",
     soundAt: null,
     chunksAtSound: null,
     phaseAtSound: null,
@@ -404,8 +474,13 @@ function resetRun() {
   player.reset();
   waveform.reset(0);
   meters.reset();
+  lanes.reset(0);
+  resultView.reset();
   ui.result.hidden = true;
   ui.resultAudio.removeAttribute("src");
+  ui.resultAudio.load();
+  $("ab-processed").checked = true;
+  showAB();
   ui.progress.value = 0;
   ui.progressLabel.textContent = "Progress";
   ui.progressPercent.textContent = "0 %";
@@ -576,17 +651,68 @@ function accepted(task) {
   editor.setSampleRate(task.input?.sample_rate ?? null);
   waveform.reset(task.duration ?? 0);
   spectrum.reset(task.sample_rate);
+  lanes.reset(task.workers ?? 0);
   if (task.stream_audio) player.begin({ sampleRate: task.sample_rate });
   ui.progressLabel.textContent = "Progress";
   ui.progress.value = 0;
   ui.progressPercent.textContent = "0 %";
   setPhase("processing");
   say(`Processing ${task.filename}…`);
+  recent.note(task);
+  recent.follow(task.task_id, run.playFrom);
+  if (task.stream_audio && !run.resumed) decodeOriginal(run.file, task.task_id);
+  showAB();
   if (run.uploadSid && socket?.connected && socket.id === run.uploadSid)
     run.subscribedSid = run.uploadSid;
   for (const [name, data] of run.early.splice(0)) route(name, data);
   ensureSubscribed();
   watch(task.task_id);
+}
+
+/** Decode the chosen file in the browser, for A/B against the processed audio. */
+async function decodeOriginal(file, taskId) {
+  if (!file || !player.context) return;
+  if (file.size > AB_MAX_BYTES) {
+    run.original = "unavailable";
+    run.originalWhy = `the file is over ${fmt.bytes(AB_MAX_BYTES)}`;
+    showAB();
+    return;
+  }
+  run.original = "decoding";
+  showAB();
+  const context = player.context;
+  let buffer;
+  try {
+    buffer = await context.decodeAudioData(await file.arrayBuffer());
+  } catch {
+    buffer = null;
+  }
+  if (run.task?.task_id !== taskId || player.context !== context) return;
+  if (!buffer) {
+    run.original = "unavailable";
+    run.originalWhy = "this browser cannot decode the file";
+  } else {
+    run.original = "ready";
+    player.setOriginal(buffer);
+  }
+  showAB();
+}
+
+/** The A/B switch: usable while the original is ready and the processed audio plays. */
+function showAB() {
+  const status = player.status();
+  const usable = run.original === "ready" && !status.stopped && Boolean(player.context);
+  ui.ab.disabled = !usable;
+  if (!usable && status.hearing !== "processed") player.listenTo("processed");
+  if (!usable) $("ab-processed").checked = true;
+  let text = "";
+  if (!run.task?.stream_audio) text = "";
+  else if (run.resumed) text = "A/B: choose the file again to compare (a reload forgets it).";
+  else if (run.original === "decoding") text = "A/B: decoding the original in the browser…";
+  else if (run.original === "unavailable") text = `A/B is off: ${run.originalWhy}.`;
+  else if (usable)
+    text = `Hearing the ${status.hearing} audio; switch at any moment, at the same position.`;
+  if (ui.abStatus.textContent !== text) ui.abStatus.textContent = text;
 }
 
 function onChunk(chunk) {
@@ -599,7 +725,8 @@ function onChunk(chunk) {
     if (run.subscribing?.sid !== socket.id) subscribe(run.nextIndex);
     return;
   }
-  if (run.nextIndex === 0 && run.phase === "processing") say(`Processing ${run.task.filename}…`);
+  if (run.nextIndex === 0 && run.phase === "processing" && !run.resumed)
+    say(`Processing ${run.task.filename}…`);
   run.nextIndex += 1;
   run.indexes.push(chunk.index);
   run.chunksTotal = chunk.chunks_total;
@@ -615,8 +742,39 @@ function onChunk(chunk) {
   run.levels.push(levels);
   meters.note(chunk.peak_db);
   waveform.append(chunk.start, chunk.waveform);
-  if (chunk.audio && run.phase === "processing") player.enqueue(chunk);
+  if (chunk.index >= run.playFrom) {
+    // Before playFrom: a replay after a reload, already heard, and not processed just now.
+    lanes.note(chunk, (performance.now() - run.startedAt) / 1000);
+    if (chunk.audio && run.phase === "processing") player.enqueue(chunk);
+  }
   showProgress();
+}
+
+function onProgress(progress) {
+  run.progress = progress;
+  const measuring = progress.stage < progress.stages - 1;
+  run.firstPass = measuring && run.nextIndex === 0 ? progress.progress : null;
+  if (progress.stage === progress.stages - 1) run.chunksTotal = progress.chunks_total;
+  showProgress();
+  showFirstPass();
+  if (run.progressLog.length < 400) {
+    run.progressLog.push({
+      stage: progress.stage,
+      progress: progress.progress,
+      chunks: run.nextIndex,
+      bar: ui.progress.value,
+      said: ui.status.textContent,
+    });
+  }
+}
+
+function showFirstPass() {
+  if (run.nextIndex === 0 && run.firstPass !== null && run.phase === "processing") {
+    say(
+      "Measuring the whole file first (a global step): " +
+        `${Math.round(run.firstPass * 100)} % of the work done.`,
+    );
+  }
 }
 
 function ended(terminal) {
@@ -624,6 +782,11 @@ function ended(terminal) {
   run.finishedAt = performance.now();
   run.terminalAt = run.finishedAt;
   waveform.finish();
+  lanes.render(true);
+  if (run.task) {
+    recent.unfollow(run.task.task_id);
+    recent.note({ task_id: run.task.task_id, ...terminal.data });
+  }
 }
 
 function onComplete(data) {
@@ -645,46 +808,37 @@ function onComplete(data) {
     elapsed: data.elapsed,
     partial: false,
   });
+  showAB();
   const speed = data.realtime_factor ? ` (${fmt.number(data.realtime_factor, 1)}× real time)` : "";
   say(
     `Done: ${fmt.clock(data.duration)} of audio processed in ${fmt.elapsed(data.elapsed)}${speed}.`,
   );
 }
 
-async function onStopped(data) {
+function onStopped(data) {
   ended({ event: "processing_stopped", data });
   player.stop();
   setPhase("stopped");
+  showAB();
   ui.progressLabel.textContent = "Stopped at";
-  const audio = fmt.clock(run.audioDone);
+  const audio = fmt.clock(data.duration ?? run.audioDone);
   const why =
     {
       requested: "",
       deleted: " (the task was deleted)",
       shutdown: " (the server is shutting down)",
     }[data.reason] ?? "";
-  say(
-    `Stopped${why} after ${data.chunks_emitted} chunks (${audio} of audio). ` +
-      "The partial result is below.",
-  );
-  const url = `/tasks/${data.task_id}/result`;
+  const kept = data.result_url ? " The partial result is below." : "";
+  say(`Stopped${why} after ${data.chunks_emitted} chunks (${audio} of audio).${kept}`);
+  if (!data.result_url) return;
+  // The terminal event says all there is to say: no GET /tasks/<id> needed.
   showResult({
-    summary: null,
-    url,
-    duration: run.audioDone,
-    elapsed: (run.finishedAt - run.startedAt) / 1000,
+    summary: data.summary,
+    url: data.result_url,
+    duration: data.duration ?? run.audioDone,
+    elapsed: data.elapsed ?? (run.finishedAt - run.startedAt) / 1000,
     partial: true,
   });
-  const answer = await getJSON(`/tasks/${data.task_id}`).catch(() => null);
-  if (answer?.ok && answer.body.summary && run.terminal?.data === data) {
-    showResult({
-      summary: answer.body.summary,
-      url,
-      duration: answer.body.duration,
-      elapsed: answer.body.elapsed,
-      partial: true,
-    });
-  }
 }
 
 function onFailed(data) {
@@ -693,9 +847,10 @@ function onFailed(data) {
 }
 
 function fail(message) {
-  if (!run.terminal) ended({ event: "failed", data: { message } });
+  if (!run.terminal) ended({ event: "failed", data: { message, status: "failed" } });
   player.stop();
   setPhase("failed");
+  showAB();
   fieldError("process", message);
   say(`Failed after ${run.nextIndex} of ${run.chunksTotal ?? "?"} chunks.`);
 }
@@ -751,9 +906,8 @@ function watch(taskId) {
       clearInterval(timer);
       return;
     }
-    // Before the first chunk of a pipeline that measures first, ask sooner: that pass is silent.
-    const quiet = run.nextIndex === 0 && measuresFirst(run.task) ? QUIET_MS / 3 : QUIET_MS;
-    if (run.polling || performance.now() - run.lastEventAt < quiet) return;
+    // processing_progress keeps the stream busy even in a first pass that sends no chunk.
+    if (run.polling || performance.now() - run.lastEventAt < QUIET_MS) return;
     run.polling = true;
     try {
       await checkTask(taskId);
@@ -781,8 +935,8 @@ async function checkTask(taskId) {
   ensureSubscribed(); // a subscribe that got no answer is tried again here
   if (task.status === "queued") say("Waiting for a free slot on the server…");
   if (task.status === "processing" && run.nextIndex === 0 && measuresFirst(task))
-    run.firstPass = task.progress;
-  if (!["completed", "stopped", "failed"].includes(task.status)) return;
+    run.firstPass = task.progress; // without the live channel, the task JSON tells
+  if (!TERMINAL.has(task.status)) return;
   if (socket?.connected && !run.resynced) {
     run.resynced = true; // the end was missed: a subscribe replays the rest, then the end
     subscribe(run.nextIndex);
@@ -797,18 +951,24 @@ function measuresFirst(task) {
 }
 
 function finishFromTask(task) {
+  const core = {
+    task_id: task.task_id,
+    status: task.status,
+    chunks_emitted: task.chunks_done,
+    duration: task.duration,
+    elapsed: task.elapsed,
+    summary: task.summary,
+    result_url: task.links.result,
+    warnings: task.warnings,
+  };
   if (task.status === "completed") {
     onComplete({
-      task_id: task.task_id,
+      ...core,
       chunks: task.chunks_done,
-      duration: task.duration,
-      elapsed: task.elapsed,
       realtime_factor: task.elapsed > 0 ? task.duration / task.elapsed : null,
-      summary: task.summary,
-      result_url: task.links.result,
     });
   } else if (task.status === "stopped") {
-    onStopped({ task_id: task.task_id, chunks_emitted: task.chunks_done, reason: "requested" });
+    onStopped({ ...core, duration: task.summary?.duration ?? run.audioDone, reason: "requested" });
   } else {
     onFailed({
       task_id: task.task_id,
@@ -819,9 +979,19 @@ function finishFromTask(task) {
 
 // -- showing progress and the result ---------------------------------------------------
 
-function showProgress() {
+/**
+ * The work done, of every pass: the server's processing_progress (a few a second), and
+ * between two of them the chunks of the last pass as they arrive.
+ */
+function overallProgress() {
   const total = Math.max(run.chunksTotal ?? 0, run.nextIndex, 1);
-  const percent = Math.min(99, Math.floor((run.nextIndex / total) * 100));
+  const stages = run.progress?.stages ?? 1;
+  const fromChunks = (stages - 1 + run.nextIndex / total) / stages;
+  return Math.max(run.progress?.progress ?? 0, run.nextIndex ? fromChunks : 0);
+}
+
+function showProgress() {
+  const percent = Math.min(99, Math.floor(overallProgress() * 100));
   ui.progress.value = percent;
   ui.progressPercent.textContent = `${percent} %`;
   $("stat-chunks").textContent = `${run.nextIndex} / ${run.chunksTotal ?? "?"}`;
@@ -836,12 +1006,7 @@ function showClock() {
   $("stat-elapsed").textContent = fmt.elapsed(seconds);
   $("stat-speed").textContent =
     run.audioDone > 0 ? `${fmt.number(run.audioDone / seconds, 1)}× real time` : "—";
-  if (run.nextIndex === 0 && run.firstPass !== null && run.phase === "processing") {
-    say(
-      "Measuring the whole file first (a global step): " +
-        `${Math.round(run.firstPass * 100)} % of the work done.`,
-    );
-  }
+  showFirstPass(); // without the live channel, the task JSON's progress
 }
 
 function showResult({ summary, url, duration, elapsed, partial }) {
@@ -866,6 +1031,37 @@ function showResult({ summary, url, duration, elapsed, partial }) {
   $("download-info").textContent =
     `${stem}_processed.${format} · ${FORMAT_LABELS[format] ?? format}`;
   ui.resultAudio.src = url;
+  resultView.show(`/tasks/${run.task.task_id}/waveform.json`);
+}
+
+/** The pool's figures under its lanes. */
+function showWorkers() {
+  const summary = lanes.summary();
+  const pool = summary.pool || summary.workers.length;
+  const write = (id, text) => {
+    if ($(id).textContent !== text) $(id).textContent = text;
+  };
+  write("workers-pool", pool ? `${pool} worker${pool === 1 ? "" : "s"}` : "—");
+  const busy = `${fmt.elapsed(summary.busySeconds)} in ${fmt.elapsed(summary.spanSeconds)}`;
+  write("workers-busy", summary.chunks ? busy : "—");
+  write("workers-speedup", summary.speedup ? `${fmt.number(summary.speedup, 2)}×` : "—");
+  const used = summary.workers.map((w) => `${w.name.replace("_", " ")}: ${w.chunks}`).join(", ");
+  write("workers-note", summary.chunks ? `chunks per worker: ${used}` : "");
+  const label = summary.chunks
+    ? `${pool} workers processed ${summary.chunks} chunks (${used}); ` +
+      `measured speed-up over one worker ${fmt.number(summary.speedup ?? 1, 2)}×`
+    : "The thread pool's workers and the chunks each processed";
+  const canvas = $("workers");
+  if (canvas.getAttribute("aria-label") !== label) canvas.setAttribute("aria-label", label);
+}
+
+/** Remember which chunk is being heard, so that a reload goes on listening from there. */
+function rememberHeard(playhead) {
+  if (!isActive() || playhead === null) return;
+  const heard = run.levels.findIndex((levels) => levels.end > playhead);
+  if (heard <= Math.max(run.playFrom, run.heard)) return;
+  run.heard = heard;
+  recent.follow(run.task.task_id, heard);
 }
 
 function describeStepReport(report) {
@@ -935,6 +1131,7 @@ function frame(now) {
   if (!current && isActive() && !player.playing)
     current = run.levels[run.levels.length - 1] ?? null;
   waveform.render(playhead);
+  lanes.render();
   spectrum.set(current?.spectrum ?? null);
   spectrum.render(dt);
   meters.set(current);
@@ -944,6 +1141,9 @@ function frame(now) {
     lastClock = now;
     showClock();
     showPlayback();
+    showWorkers();
+    showAB();
+    rememberHeard(playhead);
     $("waveform-note").textContent = playhead !== null ? `at ${fmt.clock(playhead)}` : "";
   }
   requestAnimationFrame(frame);
@@ -983,6 +1183,15 @@ function snapshot() {
     terminal: run.terminal?.event ?? null,
     terminalData: run.terminal?.data ?? null,
     playback: player.status(),
+    progressLog: run.progressLog.map((entry) => ({ ...entry })),
+    lastProgress: run.progress,
+    workers: lanes.summary(),
+    original: run.original,
+    result: resultView.status(),
+    recent: recent.status(),
+    following: recent.current,
+    resumed: run.resumed,
+    playFrom: run.playFrom,
     soundAt: run.soundAt,
     chunksAtSound: run.chunksAtSound,
     phaseAtSound: run.phaseAtSound,
@@ -998,6 +1207,8 @@ window.audioPage = Object.freeze({
     return socket;
   },
   inkedPixels: () => waveform.inkedPixels(),
+  listening: () => player.outputLevel(),
+  workerBars: () => lanes.bars(),
 });
 
 init();

@@ -4,10 +4,17 @@
 // scheduled to start exactly where the previous one ends, counted in frames so
 // that no rounding opens a gap. Only a few seconds are scheduled ahead; the rest
 // waits as compact 16-bit PCM, up to a cap, so a long file does not fill memory.
+//
+// A/B: when the original (the chosen file, decoded in the browser) is given, the
+// same stretch of it is scheduled beside each processed buffer, at the same
+// moment, into a second gain. Both always play; switching moves the two gains
+// across in a few milliseconds, so the other version takes over at the same
+// position with no gap.
 
 const LEAD_SECONDS = 0.25; // from the first chunk's arrival to its first sound
 const AHEAD_SECONDS = 6; // scheduled into the audio graph at any time
 const HELD_SECONDS = 600; // waiting beyond that; later audio is left to the download
+const SWITCH_SECONDS = 0.005; // time constant of the A/B crossfade
 
 export class StreamPlayer {
   constructor({ onChange = () => {} } = {}) {
@@ -18,6 +25,10 @@ export class StreamPlayer {
   }
 
   reset() {
+    this.original = null; // AudioBuffer of the chosen file, for A/B
+    this.originals = new Set(); // its scheduled sources
+    this.originalsScheduled = 0;
+    this.hearing = "processed"; // or "original"
     this.queue = []; // chunks waiting: {pcm: Int16Array, start, channels, rate}
     this.heldSeconds = 0;
     this.sources = new Set();
@@ -27,6 +38,7 @@ export class StreamPlayer {
     this.buffersScheduled = 0;
     this.secondsScheduled = 0;
     this.firstStart = null;
+    this.firstFileTime = null; // the file time the first scheduled buffer starts at
     this.underruns = 0;
     this.dropped = 0;
     this.stopped = false;
@@ -47,7 +59,15 @@ export class StreamPlayer {
     }
     this.gain = this.context.createGain();
     this.gain.gain.value = this.volume;
-    this.gain.connect(this.context.destination);
+    this.analyser = this.context.createAnalyser();
+    this.analyser.fftSize = 8192;
+    this.analyser.smoothingTimeConstant = 0; // each reading is of the last 0.17 s alone
+    this.gain.connect(this.analyser).connect(this.context.destination);
+    this.processedGain = this.context.createGain();
+    this.originalGain = this.context.createGain();
+    this.processedGain.connect(this.gain);
+    this.originalGain.connect(this.gain);
+    this.setGains(0);
     this.context.addEventListener("statechange", () => this.onChange());
     this.context.resume().catch(() => {});
     this.timer = setInterval(() => this.pump(), 500);
@@ -110,7 +130,7 @@ export class StreamPlayer {
     const at = this.origin + this.framesScheduled / context.sampleRate;
     const source = context.createBufferSource();
     source.buffer = buffer;
-    source.connect(this.gain);
+    source.connect(this.processedGain);
     source.addEventListener("ended", () => {
       this.sources.delete(source);
       this.pump();
@@ -119,12 +139,81 @@ export class StreamPlayer {
     source.start(at);
     this.sources.add(source);
     this.framesScheduled += Math.round(buffer.duration * context.sampleRate);
-    this.segments.push({ at, start, duration: buffer.duration });
+    const segment = { at, start, duration: buffer.duration };
+    this.segments.push(segment);
     if (this.segments.length > 64) this.segments.splice(0, this.segments.length - 64);
-    if (this.firstStart === null) this.firstStart = at;
+    this.scheduleOriginal(segment);
+    if (this.firstStart === null) {
+      this.firstStart = at;
+      this.firstFileTime = start;
+    }
     this.buffersScheduled += 1;
     this.secondsScheduled += buffer.duration;
     this.onChange();
+  }
+
+  // -- A/B: the original beside the processed audio ----------------------------------
+
+  /** Take the decoded original; the stretches already scheduled get theirs from now on. */
+  setOriginal(buffer) {
+    if (!this.context || this.stopped) return;
+    this.original = buffer;
+    for (const segment of this.segments) this.scheduleOriginal(segment);
+    this.onChange();
+  }
+
+  /** Schedule the original's stretch of a segment (what is still to come of it). */
+  scheduleOriginal({ at, start, duration }) {
+    if (!this.original || this.stopped) return;
+    const context = this.context;
+    const from = Math.max(at, context.currentTime + 0.02); // a stretch under way joins late
+    const into = from - at;
+    if (into >= duration || start + into >= this.original.duration) return;
+    const source = context.createBufferSource();
+    source.buffer = this.original;
+    source.connect(this.originalGain);
+    source.addEventListener("ended", () => this.originals.delete(source));
+    source.start(from, start + into, duration - into);
+    this.originals.add(source);
+    this.originalsScheduled += 1;
+  }
+
+  /** Hear "processed" or "original" from now on, at the same position, without a gap. */
+  listenTo(version) {
+    this.hearing = version === "original" && this.original ? "original" : "processed";
+    if (this.context) this.setGains(SWITCH_SECONDS);
+    this.onChange();
+  }
+
+  setGains(timeConstant) {
+    const original = this.hearing === "original" ? 1 : 0;
+    const now = this.context.currentTime;
+    for (const [node, value] of [
+      [this.processedGain, 1 - original],
+      [this.originalGain, original],
+    ]) {
+      node.gain.cancelScheduledValues(now);
+      if (timeConstant > 0) node.gain.setTargetAtTime(value, now, timeConstant);
+      else node.gain.value = value;
+    }
+  }
+
+  /** The output's level (dBFS RMS) and strongest frequency (Hz) now, from an analyser. */
+  outputLevel() {
+    if (!this.analyser) return null;
+    const samples = new Float32Array(this.analyser.fftSize);
+    this.analyser.getFloatTimeDomainData(samples);
+    let energy = 0;
+    for (const sample of samples) energy += sample * sample;
+    const bins = new Float32Array(this.analyser.frequencyBinCount);
+    this.analyser.getFloatFrequencyData(bins);
+    let strongest = 1;
+    for (let i = 2; i < bins.length; i += 1) if (bins[i] > bins[strongest]) strongest = i;
+    return {
+      rmsDb: 10 * Math.log10(energy / samples.length + 1e-12),
+      peakHz: (strongest * this.context.sampleRate) / this.analyser.fftSize,
+      time: this.context.currentTime,
+    };
   }
 
   /** The file time being heard now, or null when nothing plays. */
@@ -178,7 +267,7 @@ export class StreamPlayer {
     this.stopped = true;
     this.queue = [];
     this.heldSeconds = 0;
-    for (const source of this.sources) {
+    for (const source of [...this.sources, ...this.originals]) {
       try {
         source.stop();
       } catch {
@@ -186,6 +275,7 @@ export class StreamPlayer {
       }
     }
     this.sources.clear();
+    this.originals.clear();
     this.onChange();
   }
 
@@ -206,6 +296,7 @@ export class StreamPlayer {
       sampleRate: context ? context.sampleRate : null,
       currentTime: context ? context.currentTime : 0,
       firstStart: this.firstStart,
+      firstFileTime: this.firstFileTime,
       playedSeconds:
         context && this.firstStart !== null
           ? Math.max(0, context.currentTime - this.firstStart)
@@ -218,6 +309,10 @@ export class StreamPlayer {
       dropped: this.dropped,
       stopped: this.stopped,
       paused: this.paused,
+      hearing: this.hearing,
+      originalReady: Boolean(this.original),
+      originalsScheduled: this.originalsScheduled,
+      originalsPlaying: this.originals.size,
     };
   }
 }

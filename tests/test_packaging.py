@@ -4,11 +4,12 @@ The wheels are built from a copy of the project as a clone has it (no
 static/vendor, no node_modules), the way ``pip install .`` and ``pip install
 ./client`` build them, and each goes into a fresh virtual environment of its
 own. The commands then run from outside the checkout, so nothing can come
-from it: the page's template, every static file and the Socket.IO client
-must be in the installed package. The installed server runs with npm
-switched off and an empty cache, so the Socket.IO client it serves can only
-be the wheel's. The server's environment must hold none of the client's
-libraries, and the client's none of the server's numeric stack.
+from it: the page's template, every static file and its npm files (the
+Socket.IO client and peaks.js) must be in the installed package. The
+installed server runs with npm switched off and an empty cache, so the npm
+files it serves can only be the wheel's. The server's environment must hold
+none of the client's libraries, and the client's none of the server's
+numeric stack.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import requests
 from fresh import ENVIRONMENT, ROOT, ProgramServer, checkout, new_environment, pip_install
 from helpers import music, write_wav
 
-from audioserver.page import NPM_FILES, SOCKETIO_CLIENT, SocketIOClient
+from audioserver.page import NPM_FILES, PEAKS, SOCKETIO_CLIENT, VENDOR, VendorFiles
 
 pytestmark = pytest.mark.slow
 
@@ -123,33 +124,35 @@ def test_the_page_is_at_the_top_level_of_the_repository():
     assert not (ROOT / "audioserver" / "static").exists()
 
 
-def test_the_wheel_holds_the_page_its_npm_files_and_the_socketio_client(wheel):
+def test_the_wheel_holds_the_page_its_npm_files_the_socketio_client_and_peaks(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
-    for name in [*PAGE_FILES, *NPM_FILES, f"static/{SOCKETIO_CLIENT}"]:
+    for name in [*PAGE_FILES, *NPM_FILES, *(f"static/{name}" for name in VENDOR)]:
         assert f"audioserver/web/{name}" in names, name
     assert "audioserver/server.py" in names and "audioserver/local.py" in names
     assert not [name for name in names if name.startswith(("audioserver/client/", "audioclient/"))]
     assert not [name for name in names if name.startswith(("templates/", "static/"))]
     client = zipfile.ZipFile(wheel).read(f"audioserver/web/static/{SOCKETIO_CLIENT}")
     assert client.startswith(b"/*!\n * Socket.IO v4.")
+    peaks = zipfile.ZipFile(wheel).read(f"audioserver/web/static/{PEAKS}")
+    assert b").peaks=" in peaks[:600] and b"require(" not in peaks
 
 
 @pytest.mark.skipif(shutil.which("npm") is None, reason="npm is not installed")
-def test_a_wheel_built_without_npm_fetches_the_client_from_its_own_npm_files(wheel, tmp_path):
-    """The wheel's page without its client, as a build without npm makes it: fetched at start."""
+def test_a_wheel_built_without_npm_fetches_its_npm_files_from_its_own_package_files(
+    wheel, tmp_path
+):
+    """The wheel's page without its npm files, as a build without npm makes it: fetched at start."""
+    vendored = tuple(f"static/{name}" for name in VENDOR)
     with zipfile.ZipFile(wheel) as archive:
         for name in archive.namelist():
-            if name.startswith("audioserver/web/") and not name.endswith(SOCKETIO_CLIENT):
+            if name.startswith("audioserver/web/") and not name.endswith(vendored):
                 archive.extract(name, tmp_path)
-    client = SocketIOClient(
-        root=tmp_path / "audioserver" / "web", cache=tmp_path / "cache", npm="npm"
-    )
-    client.start()
-    fetched = client.path()
-    assert fetched is not None and fetched.is_relative_to(tmp_path / "cache")
-    assert fetched.read_bytes() == zipfile.ZipFile(wheel).read(
-        f"audioserver/web/static/{SOCKETIO_CLIENT}"
-    )
+    files = VendorFiles(root=tmp_path / "audioserver" / "web", cache=tmp_path / "cache", npm="npm")
+    files.start()
+    for name in VENDOR:
+        fetched = files.path(name)
+        assert fetched is not None and fetched.is_relative_to(tmp_path / "cache")
+        assert fetched.read_bytes() == zipfile.ZipFile(wheel).read(f"audioserver/web/static/{name}")
 
 
 def test_the_server_installs_without_the_clients_libraries(venv, tmp_path):
@@ -210,6 +213,7 @@ def test_the_installed_server_serves_the_page_and_every_file_it_names(installed_
     assert page.status_code == 200 and "text/html" in page.headers["Content-Type"]
     assets = re.findall(r'(?:src|href)="(/static/[^"]+)"', page.text)
     assert f"/static/{SOCKETIO_CLIENT}" in assets and "/static/style.css" in assets
+    assert f"/static/{PEAKS}" in assets
     for asset in assets:
         response = requests.get(url + asset, timeout=10)
         assert response.status_code == 200 and response.content, asset

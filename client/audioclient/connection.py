@@ -40,6 +40,9 @@ class Subscriber(Protocol):
 
     def on_end(self, event: str, data: dict[str, Any]) -> None: ...
 
+    def on_progress(self, progress: dict[str, Any]) -> None:
+        """Take a processing_progress event (stage, chunks done in it, overall progress)."""
+
     def on_refused(self, ack: dict[str, Any]) -> None:
         """The server refused the subscription (the task is gone, say)."""
 
@@ -81,6 +84,7 @@ class Connection:
         self.client.on("connect", self._on_connect)
         self.client.on("disconnect", self._on_disconnect)
         self.client.on("audio_chunk", self._on_chunk)
+        self.client.on("processing_progress", self._on_progress)
         for event in TERMINAL_EVENTS:
             self.client.on(event, functools.partial(self._on_end, event))
 
@@ -197,6 +201,13 @@ class Connection:
 
     def _on_end(self, event: str, data: dict[str, Any]) -> None:
         self._dispatch(event, data)
+
+    def _on_progress(self, progress: dict[str, Any]) -> None:
+        # Only the latest counts: one for a task not watched yet is not kept.
+        with self._lock:
+            subscriber = self._subscribers.get(progress.get("task_id"))
+        if subscriber is not None:
+            subscriber.on_progress(progress)
 
     def _dispatch(self, event: str, data: dict[str, Any]) -> None:
         with self._lock:

@@ -14,7 +14,7 @@ from .connection import Connection
 from .progress import ProgressBar, notice, say
 
 UPLOAD_ATTEMPTS = 4
-POLL_SECONDS = 0.5  # how often the bar asks the server for the task's progress
+TICK_SECONDS = 0.5  # how often the job looks at a stop request or a lost connection
 CONNECT_WAIT_SECONDS = 30.0  # for a (re)connection before an upload
 GIVE_UP_SECONDS = 60.0  # without a connection, a job fails
 STOP_WAIT_SECONDS = 10.0  # for processing_stopped after a stop
@@ -80,6 +80,7 @@ class Job:
         self._output_closed = False
         self._output_touched = False
         self._end: tuple[str, dict[str, Any]] | None = None
+        self._progress: dict[str, Any] | None = None  # the latest processing_progress
 
     @property
     def next_index(self) -> int:
@@ -160,7 +161,7 @@ class Job:
                     f"in {GIVE_UP_SECONDS:.0f} s (task {self.task_id} goes on there)"
                 )
             self._show_progress()
-            self._wake.wait(POLL_SECONDS)
+            self._wake.wait(TICK_SECONDS)
             self._wake.clear()
 
     def _send_stop(self) -> None:
@@ -177,17 +178,16 @@ class Job:
             notice(f"{self.name}: could not stop task {self.task_id}: {error}")
 
     def _show_progress(self) -> None:
-        if not self.bar.enabled:
+        """Draw the bar from the latest processing_progress: the server sends a few a second."""
+        progress = self._progress
+        if not self.bar.enabled or progress is None:
             return
-        try:
-            task = self.server.task(self.task_id, timeout=5)
-        except ClientError:
-            return  # a drop: the socket side reconnects; the bar waits
-        elapsed = task.get("elapsed") or 0
-        done_seconds = (task.get("duration") or 0) * (task.get("progress") or 0)
-        self._chunks_total = task.get("chunks_total") or self._chunks_total
+        elapsed = progress["elapsed"]
+        done_seconds = (progress["duration"] or 0) * progress["progress"]
+        if progress["stage"] == progress["stages"] - 1:  # the stage that emits the chunks
+            self._chunks_total = progress["chunks_total"] or self._chunks_total
         self.bar.show(
-            fraction=task.get("progress") or 0,
+            fraction=progress["progress"],
             realtime_factor=done_seconds / elapsed if elapsed > 0 else None,
             chunks=self._next_index,
             chunks_total=self._chunks_total,
@@ -250,6 +250,10 @@ class Job:
             self._next_index += 1
             self._chunks_total = chunk["chunks_total"]
         return True
+
+    def on_progress(self, progress: dict[str, Any]) -> None:
+        self._progress = progress
+        self._wake.set()
 
     def on_end(self, event: str, data: dict[str, Any]) -> None:
         self._end = (event, data)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -172,10 +171,7 @@ def test_stop_halfway_shows_the_stopped_state_and_draws_nothing_more(
     expect(page.get_by_role("button", name="Stop")).to_be_enabled()
     running = wait_until(page, "s.nextIndex >= 24 && s.playback.playedSeconds > 0.2")
     assert running["phase"] == "processing"
-    shot = shoot(page, screenshots, "2-processing")
-    if os.environ.get("UPDATE_DOCS_SCREENSHOT"):  # the README's picture of the page
-        DOCS_SCREENSHOT.parent.mkdir(exist_ok=True)
-        shutil.copyfile(shot, DOCS_SCREENSHOT)
+    shoot(page, screenshots, "2-processing")
     page.get_by_role("button", name="Stop").click()
 
     stopped = wait_until(page, "s.phase === 'stopped'")
