@@ -47,6 +47,7 @@ from .errors import (
     AudioServerError,
     BadRequest,
     DecodeError,
+    InsufficientStorage,
     ParameterError,
     PayloadTooLarge,
     TaskConflict,
@@ -286,8 +287,11 @@ class TaskEngine:
             if task.status not in TERMINAL and not task.deleted:
                 save_snapshot(task.folder, task.snapshot(workers=self.workers))
 
-    def sweep(self, *, moment: datetime | None = None) -> list[str]:
-        """Delete results past their time to live, then the oldest while over the size cap."""
+    def sweep(self, *, moment: datetime | None = None, room: int = 0) -> list[str]:
+        """Delete results past their time to live, then the oldest while over the size cap.
+
+        room: bytes a task about to start will write, to be made room for under the cap.
+        """
         moment = moment or now()
         with self._lock:
             finished = sorted(
@@ -301,7 +305,7 @@ class TaskEngine:
             > self.result_ttl_seconds
         ]
         if self.max_data_bytes:
-            excess = folder_bytes(self.data_dir) - self.max_data_bytes
+            excess = folder_bytes(self.data_dir) + room - self.max_data_bytes
             excess -= sum(folder_bytes(task.folder) for task in expired)
             for task in finished:  # oldest first
                 if excess <= 0:
@@ -498,6 +502,22 @@ class TaskEngine:
             expected = self._expected_bytes(task.info, task.stages, task.options)
             needed += max(0, expected - folder_bytes(task.folder))
         check_room(self.data_dir, needed, reserve=self.disk_reserve_bytes)
+        self._check_cap(needed)
+
+    def _check_cap(self, needed: int) -> None:
+        """Keep MAX_DATA_MB with running tasks counted: make room, or refuse the task (507)."""
+        if not self.max_data_bytes or folder_bytes(self.data_dir) + needed <= self.max_data_bytes:
+            return
+        self.sweep(room=needed)  # the oldest finished results go first, as the cap says
+        used = folder_bytes(self.data_dir)
+        if used + needed > self.max_data_bytes:
+            mb = 1024 * 1024
+            raise InsufficientStorage(
+                f"The data folder is capped at {self.max_data_bytes / mb:,.0f} MB "
+                f"(MAX_DATA_MB): it holds {used / mb:,.0f} MB, and this task with those "
+                f"running would write up to {needed / mb:,.0f} MB more. Try again when a "
+                "running task has ended, or with a shorter file."
+            )
 
     def _expected_bytes(self, info: AudioInfo, stages: list[Stage], options: TaskOptions) -> int:
         """The most a task writes (a file that does not say its length may last the limits)."""

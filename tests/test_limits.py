@@ -8,9 +8,12 @@ import threading
 from pathlib import Path
 
 import pytest
-from helpers import music, write_wav
+from helpers import Count, music, write_wav
 
+from audioserver.audio.meter import OutputMeter
+from audioserver.audio.pipeline import Pipeline
 from audioserver.audio.steps import Block, Step
+from audioserver.storage import expected_bytes
 
 RATE = 8000
 LIMIT = RATE * 2 * 3  # 3 s of 8 kHz stereo
@@ -191,3 +194,39 @@ def test_a_short_clip_completes_while_two_heavy_tasks_run(make_app, tmp_path):
     assert max(other["progress"] for other in progress) < 0.5, progress  # FIFO: 0.8 to 1
     for other in heavies:
         engine.stop(other.id)
+
+
+def _needed(spec: str, seconds: float = 2.5) -> int:
+    """What the engine expects a task of this file and pipeline to write."""
+    stages = Pipeline.parse(spec).plan(44100, 2, output_pre_roll=OutputMeter.pre_roll)
+    return expected_bytes(seconds=seconds, stages=stages, chunk_seconds=0.5, encoded=False)
+
+
+def test_max_data_mb_counts_what_running_tasks_will_write(make_app, tmp_path, test_steps):
+    path = write_wav(tmp_path / "clip.wav", music(2.5, rate=44100), 44100)  # < 500 kB
+    cap = 2.5 * _needed("gain")  # one task and its upload fit, not two
+    app = make_app(MAX_DATA_MB=cap / 1024 / 1024, WORKERS=1)
+    client = app.test_client()
+    engine = app.extensions["audio_engine"]
+    running = upload(client, path, pipeline="test_count")
+    assert running.status_code == 202
+    Count.wait_for(1)  # it runs, and has most of its result still to write
+    refused = upload(client, path, pipeline="gain")
+    assert refused.status_code == 507
+    assert refused.get_json()["error"] == "insufficient_storage"
+    assert "MAX_DATA_MB" in refused.get_json()["message"]
+    Count.gate.set()
+    assert engine.get(running.get_json()["task_id"]).retired.wait(30)
+    assert upload(client, path, pipeline="gain").status_code == 202
+
+
+def test_max_data_mb_makes_room_by_deleting_the_oldest_results(make_app, tmp_path):
+    path = write_wav(tmp_path / "clip.wav", music(2.5, rate=44100), 44100)
+    app = make_app(MAX_DATA_MB=2.2 * _needed("gain") / 1024 / 1024, SWEEP_SECONDS=0)
+    client = app.test_client()
+    engine = app.extensions["audio_engine"]
+    first = upload(client, path, pipeline="gain").get_json()["task_id"]
+    assert engine.get(first).retired.wait(30)
+    second = upload(client, path, pipeline="gain")
+    assert second.status_code == 202  # room made: the oldest result went
+    assert client.get(f"/tasks/{first}").status_code == 404
