@@ -157,8 +157,8 @@ SETTINGS: tuple[Setting, ...] = (
         name="MAX_DATA_MB",
         default=0.0,
         type=float,
-        help="size cap of the data folder, running tasks' files and what they will still write "
-        "counted: oldest finished results go first, then new tasks get 507 (0: no cap)",
+        help="size cap of the data folder: oldest finished results go first; a task that "
+        "running tasks leave no room for gets 507 (0: no cap)",
     ),
     Setting(
         name="SWEEP_SECONDS",

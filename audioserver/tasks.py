@@ -287,11 +287,8 @@ class TaskEngine:
             if task.status not in TERMINAL and not task.deleted:
                 save_snapshot(task.folder, task.snapshot(workers=self.workers))
 
-    def sweep(self, *, moment: datetime | None = None, room: int = 0) -> list[str]:
-        """Delete results past their time to live, then the oldest while over the size cap.
-
-        room: bytes a task about to start will write, to be made room for under the cap.
-        """
+    def sweep(self, *, moment: datetime | None = None) -> list[str]:
+        """Delete results past their time to live, then the oldest while over the size cap."""
         moment = moment or now()
         with self._lock:
             finished = sorted(
@@ -305,7 +302,7 @@ class TaskEngine:
             > self.result_ttl_seconds
         ]
         if self.max_data_bytes:
-            excess = folder_bytes(self.data_dir) + room - self.max_data_bytes
+            excess = folder_bytes(self.data_dir) - self.max_data_bytes
             excess -= sum(folder_bytes(task.folder) for task in expired)
             for task in finished:  # oldest first
                 if excess <= 0:
@@ -505,18 +502,24 @@ class TaskEngine:
         self._check_cap(needed)
 
     def _check_cap(self, needed: int) -> None:
-        """Keep MAX_DATA_MB with running tasks counted: make room, or refuse the task (507)."""
-        if not self.max_data_bytes or folder_bytes(self.data_dir) + needed <= self.max_data_bytes:
+        """Keep MAX_DATA_MB with running tasks counted: refuse a task they leave no room for.
+
+        Finished results do not count here: the sweeper deletes the oldest of them
+        whenever the folder is over the cap. What cannot be deleted (running tasks'
+        files, uploads) plus what the running tasks and this one will write must fit.
+        """
+        if not self.max_data_bytes:
             return
-        self.sweep(room=needed)  # the oldest finished results go first, as the cap says
-        used = folder_bytes(self.data_dir)
-        if used + needed > self.max_data_bytes:
+        with self._lock:
+            finished = [task for task in self._tasks.values() if task.status in TERMINAL]
+        kept = folder_bytes(self.data_dir) - sum(folder_bytes(task.folder) for task in finished)
+        if kept + needed > self.max_data_bytes:
             mb = 1024 * 1024
             raise InsufficientStorage(
-                f"The data folder is capped at {self.max_data_bytes / mb:,.0f} MB "
-                f"(MAX_DATA_MB): it holds {used / mb:,.0f} MB, and this task with those "
-                f"running would write up to {needed / mb:,.0f} MB more. Try again when a "
-                "running task has ended, or with a shorter file."
+                f"The data folder is capped at {self.max_data_bytes / mb:,.1f} MB "
+                f"(MAX_DATA_MB): running tasks and uploads hold {kept / mb:,.1f} MB, and this "
+                f"task with those running would write up to {needed / mb:,.1f} MB more. Try "
+                "again when a running task has ended, or with a shorter file."
             )
 
     def _expected_bytes(self, info: AudioInfo, stages: list[Stage], options: TaskOptions) -> int:
