@@ -20,4 +20,5 @@ if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ] && [ "$(id -u)" = 0
 fi
 .venv/bin/python -m ruff check .
 .venv/bin/python -m ruff format --check .
+.venv/bin/python -m mypy  # strict, on the files pyproject.toml names
 exec .venv/bin/python -m pytest "$@"

@@ -44,10 +44,12 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     metrics = Metrics()
     app.extensions["metrics"] = metrics
     origins = security.init_app(app)
-    socketio = SocketIO(
+    # Flask-SocketIO passes these on to python-socketio and python-engineio, which take a
+    # callable for the origins and a packet class as the serializer; its stubs say neither.
+    socketio = SocketIO(  # type: ignore[call-arg]
         app,
         async_mode="threading",
-        cors_allowed_origins=origins.socketio_origins(),
+        cors_allowed_origins=origins.socketio_origins(),  # type: ignore[arg-type]
         serializer=events.Packet,
     )
     security.guard_hosts(
@@ -81,5 +83,6 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     register_handlers(socketio, engine)
     app.register_blueprint(routes.bp)
     page.init_app(app, page.VendorFiles(root=root, cache=page.cache_dir(), npm=app.config["NPM"]))
-    app.wsgi_app = CloseWhenDropped(app.wsgi_app)  # files close when a client goes away
+    # Files close when a client goes away (wrapping wsgi_app is Flask's way to add middleware).
+    app.wsgi_app = CloseWhenDropped(app.wsgi_app)  # type: ignore[method-assign]
     return app

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
+from wsgiref.types import StartResponse
 
 
 class CloseWhenDropped:
@@ -23,7 +24,7 @@ class CloseWhenDropped:
     def __init__(self, app: Callable[..., Iterable[bytes]]) -> None:
         self.app = app
 
-    def __call__(self, environ: dict[str, Any], start_response: Callable) -> Iterable[bytes]:
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         answer = self.app(environ, start_response)
         if "wsgi.file_wrapper" in environ:
             return answer

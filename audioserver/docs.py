@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
-from .audio.steps import catalogue
+from .audio.steps import Param, catalogue
 from .config import SETTINGS
 
 
-def _range(param) -> str:
+def _range(param: Param) -> str:
     high = (
         f"{param.max_rate_fraction:g} x sample rate"
         if param.max_rate_fraction
@@ -64,7 +65,11 @@ def write_readme(path: Path) -> None:
     text = path.read_text()
     for name, table in SECTIONS.items():
         pattern = re.compile(rf"(<!-- {name}:begin -->\n).*?(\n<!-- {name}:end -->)", re.S)
-        text = pattern.sub(lambda match, table=table: match[1] + table() + match[2], text)
+
+        def fill(match: re.Match[str], table: Callable[[], str] = table) -> str:
+            return match[1] + table() + match[2]
+
+        text = pattern.sub(fill, text)
     path.write_text(text)
 
 

@@ -30,9 +30,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
+
+if TYPE_CHECKING:
+    from flask import Flask, Response
 
 logger = logging.getLogger(__name__)
 
@@ -170,7 +173,7 @@ _HTTP_MESSAGES = {
 }
 
 
-def error_response(status: int, code: str, message: str, /, **extra: Any):
+def error_response(status: int, code: str, message: str, /, **extra: Any) -> Response:
     """Return a Flask JSON response for an error (and count it in the metrics)."""
     from flask import current_app, jsonify
 
@@ -182,14 +185,14 @@ def error_response(status: int, code: str, message: str, /, **extra: Any):
     return response
 
 
-def _handle_server_error(error: AudioServerError):
+def _handle_server_error(error: AudioServerError) -> Response:
     response = error_response(error.status, error.code, error.message, **error.extra)
     if isinstance(error, AtCapacity):
         response.headers["Retry-After"] = str(error.retry_after)
     return response
 
 
-def _handle_http_exception(error: HTTPException):
+def _handle_http_exception(error: HTTPException) -> Response:
     status = error.code or 500
     code = (error.name or "error").lower().replace(" ", "_")
     message = _HTTP_MESSAGES.get(status) or error.description or error.name
@@ -203,19 +206,19 @@ def _handle_http_exception(error: HTTPException):
         )
         code = "too_large"
     response = error_response(status, code, message)
-    if status == 405 and error.valid_methods:
+    if status == 405 and isinstance(error, MethodNotAllowed) and error.valid_methods:
         response.headers["Allow"] = ", ".join(error.valid_methods)
     return response
 
 
-def _handle_unexpected(error: Exception):
+def _handle_unexpected(error: Exception) -> Response:
     logger.exception("unhandled error while answering a request")
     return error_response(
         500, "internal_error", "The server failed unexpectedly; the error is logged."
     )
 
 
-def init_app(app) -> None:
+def init_app(app: Flask) -> None:
     """Register the JSON error handlers on a Flask app."""
     app.register_error_handler(AudioServerError, _handle_server_error)
     app.register_error_handler(HTTPException, _handle_http_exception)

@@ -19,6 +19,7 @@ import threading
 import time
 import urllib.parse
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 from engineio import packet as eio_packet
@@ -42,7 +43,7 @@ PROTOCOL_ERRORS_BEFORE_CLOSE = 3  # malformed packets a connection may send; the
 MAX_PACKETS_PER_POST = 16  # Engine.IO packets in one long-polling POST (as python-engineio)
 
 
-class Packet(sio_packet.Packet):
+class Packet(sio_packet.Packet):  # type: ignore[misc]  # python-socketio has no type hints
     """Socket.IO packets whose JSON refuses NaN on the way out and cannot crash on the way in."""
 
     json = jsonio
@@ -168,7 +169,7 @@ def _polling_refusal(environ: dict[str, Any], max_bytes: int) -> str | None:
     return None
 
 
-class GuardedWebSocket(SimpleWebSocketWSGI):
+class GuardedWebSocket(SimpleWebSocketWSGI):  # type: ignore[misc]  # engineio: no type hints
     """Engine.IO's WebSocket (simple-websocket), with a size limit and no tolerance for garbage.
 
     simple-websocket would assemble a message of any size before Engine.IO
@@ -194,16 +195,18 @@ class GuardedWebSocket(SimpleWebSocketWSGI):
                 self._refuse(f"a message over {self.ws.max_message_size} bytes")
             return None
         if isinstance(data, bytes):
-            return self._refuse("binary data (no event takes binary data)")
+            self._refuse("binary data (no event takes binary data)")
+            return None
         if not data[:1].isdigit():
-            return self._refuse("a WebSocket message that is not an Engine.IO packet")
+            self._refuse("a WebSocket message that is not an Engine.IO packet")
+            return None
         return data
 
     def _receive(self) -> str | bytes | None:
         """The next message; None once the WebSocket is closed."""
         while True:
             try:
-                data = self.ws.receive(timeout=self.POLL_SECONDS)
+                data: str | bytes | None = self.ws.receive(timeout=self.POLL_SECONDS)
             except ConnectionClosed:
                 return None
             # simple-websocket may close (a message too large) without waking a waiting
@@ -219,20 +222,21 @@ class GuardedWebSocket(SimpleWebSocketWSGI):
 
 def guard_protocol(socketio: SocketIO) -> ProtocolGuard:
     """Put the guards in front of python-socketio and python-engineio (see the module docstring)."""
-    server = socketio.server
+    server = socketio.server  # type: ignore[attr-defined]  # left out of Flask-SocketIO's stubs
     server.eio.max_http_buffer_size = MAX_MESSAGE_BYTES
     guard = ProtocolGuard(server)
     # python-engineio has no option for the WebSocket class: its async driver table is
     # copied for this server only (the module's table is shared by every server).
     websocket = functools.partial(GuardedWebSocket, guard=guard)
     server.eio._async = {**server.eio._async, "websocket": websocket}
-    handle_request = server.eio.handle_request
+    handle_request: Callable[[dict[str, Any], Any], list[bytes]] = server.eio.handle_request
 
     def checked_request(environ: dict[str, Any], start_response: Any) -> list[bytes]:
         eio_sid = urllib.parse.parse_qs(environ.get("QUERY_STRING", "")).get("sid", [""])[0]
         connection = server.eio.sockets.get(eio_sid)
         if environ["REQUEST_METHOD"] != "POST" or connection is None:
             return handle_request(environ, start_response)
+        reason: str | None
         if connection.closed:  # python-engineio would fail with a KeyError (and a traceback)
             reason = "a long-polling POST to a closed connection"
         else:
@@ -259,7 +263,7 @@ class SocketBroadcaster:
 
     def __init__(self, socketio: SocketIO) -> None:
         self._socketio = socketio
-        self._server = socketio.server
+        self._server = socketio.server  # type: ignore[attr-defined]  # as in guard_protocol
         self._lock = threading.RLock()
         send_packet = self._server._send_packet
 
@@ -327,7 +331,8 @@ class SocketBroadcaster:
         self._server.leave_room(sid, room, namespace=NAMESPACE)
 
     def is_connected(self, sid: str) -> bool:
-        return isinstance(sid, str) and self._server.manager.is_connected(sid, NAMESPACE)
+        connected: bool = isinstance(sid, str) and self._server.manager.is_connected(sid, NAMESPACE)
+        return connected
 
     def resolve(self, sid: str) -> str | None:
         """Return the session id of a connected client given its Socket.IO or Engine.IO id.
@@ -375,11 +380,17 @@ def _from_index(data: dict[str, Any]) -> int:
     return value
 
 
-def _error_ack(error: Exception) -> dict[str, Any]:
+def _request_sid() -> str:
+    """The Socket.IO id of the client whose event is being handled."""
+    sid: str = request.sid  # type: ignore[attr-defined]  # Flask-SocketIO sets it on Flask's request
+    return sid
+
+
+def _error_ack(error: BaseException) -> dict[str, Any]:
     """The socket twin of the HTTP error handlers: turn an exception into an error ack."""
     if isinstance(error, AudioServerError):
         return {"ok": False, **error.to_json()}
-    logger.exception("unhandled error in a Socket.IO event from %s", request.sid)
+    logger.exception("unhandled error in a Socket.IO event from %s", _request_sid())
     return {"ok": False, "error": "internal_error", "message": "The server failed; it is logged."}
 
 
@@ -389,22 +400,22 @@ def register_handlers(socketio: SocketIO, engine: TaskEngine) -> None:
 
     @socketio.on("connect")
     def connect(auth: Any = None) -> None:
-        logger.info("client %s connected (%s)", request.sid, request.remote_addr)
+        logger.info("client %s connected (%s)", _request_sid(), request.remote_addr)
 
     @socketio.on("disconnect")
     def disconnect(reason: Any = None) -> None:
-        logger.info("client %s disconnected (%s)", request.sid, reason)
+        logger.info("client %s disconnected (%s)", _request_sid(), reason)
 
     @socketio.on("subscribe")
     def subscribe(*args: Any) -> dict[str, Any]:
         data = _payload(args)
         task_id = _task_id(data)
-        task = engine.subscribe(task_id, request.sid, from_index=_from_index(data))
+        task = engine.subscribe(task_id, _request_sid(), from_index=_from_index(data))
         return {"ok": True, "task": engine.describe(task)}
 
     @socketio.on("unsubscribe")
     def unsubscribe(*args: Any) -> dict[str, Any]:
-        engine.unsubscribe(_task_id(_payload(args)), request.sid)
+        engine.unsubscribe(_task_id(_payload(args)), _request_sid())
         return {"ok": True}
 
     @socketio.on("stop")
@@ -426,5 +437,5 @@ def register_handlers(socketio: SocketIO, engine: TaskEngine) -> None:
         )
 
     @socketio.on_error_default
-    def on_error(error: Exception) -> dict[str, Any]:
+    def on_error(error: BaseException) -> dict[str, Any]:
         return _error_ack(error)

@@ -40,9 +40,11 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from flask import Flask, Response
 
 logger = logging.getLogger(__name__)
@@ -85,7 +87,8 @@ def cache_dir() -> Path:
 def locked_version(root: Path, package: str = VENDOR[SOCKETIO_CLIENT][0]) -> str:
     """The version of an npm package (by default socket.io-client) that root's lock pins."""
     lock = json.loads((root / "package-lock.json").read_text(encoding="utf-8"))
-    return lock["packages"][f"node_modules/{package}"]["version"]
+    version: str = lock["packages"][f"node_modules/{package}"]["version"]
+    return version
 
 
 def cached_name(name: str, version: str) -> str:
@@ -255,7 +258,8 @@ def init_app(app: Flask, vendor: VendorFiles) -> None:
 
     from .errors import error_response
 
-    serve_static = app.view_functions["static"]
+    # Flask's own static view (send_static_file): it returns a Response, never an awaitable.
+    serve_static = cast("Callable[..., Response]", app.view_functions["static"])
 
     def static(filename: str) -> Response:
         if filename not in VENDOR:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 import unicodedata
+from collections.abc import Mapping
 from pathlib import Path, PurePath
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote
 
 from flask import (
     Blueprint,
+    Flask,
     Response,
     current_app,
     jsonify,
@@ -17,7 +19,7 @@ from flask import (
     request,
     send_file,
 )
-from werkzeug.datastructures import MultiDict
+from flask.blueprints import BlueprintSetupState
 
 from . import openapi, uploads
 from .audio.encoders import FORMATS
@@ -26,7 +28,10 @@ from .audio.steps import catalogue
 from .errors import BadRequest, ParameterError
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .tasks import TaskEngine, TaskOptions
-from .uploads import UPLOADS, UploadRequest  # noqa: F401  (create_app's request class)
+
+# Re-exported for create_app: the request class and the uploads folder.
+from .uploads import UPLOADS as UPLOADS
+from .uploads import UploadRequest as UploadRequest
 
 bp = Blueprint("api", __name__)
 
@@ -34,18 +39,19 @@ CHUNK_SECONDS = (0.25, 60.0, 2.0)  # min, max, default
 
 
 @bp.record_once
-def _set_up_uploads(state) -> None:
-    uploads.init_app(state.app)
+def _set_up_uploads(state: BlueprintSetupState) -> None:
+    uploads.init_app(cast(Flask, state.app))  # the blueprint's app: a Flask app
 
 
 def _engine() -> TaskEngine:
-    return current_app.extensions["audio_engine"]
+    engine: TaskEngine = current_app.extensions["audio_engine"]
+    return engine
 
 
 # -- reading the upload's parameters -------------------------------------------
 
 
-def _number(form: MultiDict, name: str, low: float, high: float, default: float) -> float:
+def _number(form: Mapping[str, str], name: str, low: float, high: float, default: float) -> float:
     raw = form.get(name)
     if raw is None or raw.strip() == "":
         return default
@@ -60,7 +66,7 @@ def _number(form: MultiDict, name: str, low: float, high: float, default: float)
     return value
 
 
-def _boolean(form: MultiDict, name: str, default: bool) -> bool:
+def _boolean(form: Mapping[str, str], name: str, default: bool) -> bool:
     raw = form.get(name)
     if raw is None or raw.strip() == "":
         return default
@@ -72,7 +78,7 @@ def _boolean(form: MultiDict, name: str, default: bool) -> bool:
     raise ParameterError(f"{name} must be true or false, got {raw[:40]!r}.", parameter=name)
 
 
-def _format(form: MultiDict) -> str:
+def _format(form: Mapping[str, str]) -> str:
     raw = form.get("format")
     if raw is None or raw.strip() == "":
         return "wav"
@@ -84,7 +90,7 @@ def _format(form: MultiDict) -> str:
     return name
 
 
-def _sid(form: MultiDict) -> str | None:
+def _sid(form: Mapping[str, str]) -> str | None:
     raw = form.get("sid")
     if raw is None or raw == "":
         return None
@@ -93,7 +99,7 @@ def _sid(form: MultiDict) -> str | None:
     return raw
 
 
-def upload_options(form: MultiDict) -> TaskOptions:
+def upload_options(form: Mapping[str, str]) -> TaskOptions:
     """Return the task options of an upload form (raise ParameterError naming the bad one)."""
     return TaskOptions(
         pipeline=Pipeline.parse(form.get("pipeline")),
@@ -114,13 +120,13 @@ def clean_filename(name: str) -> str:
 
 
 @bp.get("/")
-def index():
+def index() -> str:
     """The upload page."""
     return render_template("index.html")
 
 
 @bp.post("/upload")
-def upload():
+def upload() -> Response:
     """Accept a file and its options; answer 202 with the task while it is processed."""
     engine = _engine()
     uploads.begin_upload()
@@ -168,24 +174,25 @@ def _stop_request_task_id() -> str:
             code="invalid_parameter",
             parameter="task_id",
         )
-    return data["task_id"]
+    task_id: str = data["task_id"]
+    return task_id
 
 
 @bp.post("/stop-processing")
-def stop_processing():
+def stop_processing() -> Response:
     """Stop a task; its result keeps the chunks emitted before the stop."""
     task = _engine().stop(_stop_request_task_id())
     return jsonify({"message": "Processing stopped", "task_id": task.id, "status": "stopped"})
 
 
 @bp.get("/tasks/<task_id>")
-def task_status(task_id: str):
+def task_status(task_id: str) -> Response:
     engine = _engine()
     return jsonify(engine.describe(engine.get(task_id)))
 
 
 @bp.get("/tasks/<task_id>/result")
-def task_result(task_id: str):
+def task_result(task_id: str) -> Response:
     """The processed file (for a stopped task: the chunks emitted before the stop)."""
     engine = _engine()
     task = engine.get(task_id)
@@ -199,7 +206,7 @@ def task_result(task_id: str):
 
 
 @bp.get("/tasks/<task_id>/waveform.json")
-def task_waveform(task_id: str):
+def task_waveform(task_id: str) -> Response:
     """The output's waveform in BBC audiowaveform JSON (version 2), as peaks.js reads it."""
     engine = _engine()
     return jsonify(engine.waveform(engine.get(task_id)))
@@ -218,14 +225,14 @@ def attachment(filename: str) -> str:
 
 
 @bp.delete("/tasks/<task_id>")
-def delete_task(task_id: str):
+def delete_task(task_id: str) -> Response:
     """Stop a task if it runs and delete it with its files."""
     _engine().delete(task_id)
     return jsonify({"message": "Task deleted", "task_id": task_id})
 
 
 @bp.get("/pipeline/steps")
-def pipeline_steps():
+def pipeline_steps() -> Response:
     """The catalogue of steps, from the step definitions themselves."""
     steps = [step.catalogue() for step in catalogue()]
     return jsonify(
@@ -241,7 +248,7 @@ def pipeline_steps():
 
 
 @bp.get("/metrics")
-def metrics():
+def metrics() -> Response:
     """Prometheus metrics: tasks by outcome, queue depth, chunk timings, audio emitted."""
     registry = current_app.extensions["metrics"]
     return Response(registry.render(), mimetype=METRICS_CONTENT_TYPE)
@@ -253,6 +260,6 @@ def healthz() -> dict[str, Any]:
 
 
 @bp.get("/openapi.json")
-def openapi_document():
+def openapi_document() -> Response:
     """The OpenAPI 3.1 document of every HTTP endpoint."""
     return jsonify(openapi.document(chunk_seconds=CHUNK_SECONDS))

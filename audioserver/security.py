@@ -30,6 +30,7 @@ import ipaddress
 import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
+from wsgiref.types import StartResponse
 
 from flask import Flask, Response, request
 
@@ -83,7 +84,7 @@ class OriginPolicy:
 
     def allows(self, origin: str | None) -> bool:
         """Whether a cross-origin request from origin may be answered to the browser."""
-        return bool(origin) and (self.any or _normalise(origin) in self.origins)
+        return bool(origin and (self.any or _normalise(origin) in self.origins))
 
     def socketio_origins(self) -> str | Callable[[str | None, Mapping[str, Any]], bool] | None:
         """Flask-SocketIO's ``cors_allowed_origins``: None (same origin) unless origins are set.
@@ -215,13 +216,13 @@ def guard_hosts(app: Flask, policy: HostPolicy) -> None:
     with_socketio = app.wsgi_app
     flask_only = functools.partial(Flask.wsgi_app, app)  # Flask's own, without Socket.IO
 
-    def check_host(environ: dict[str, Any], start_response: Callable) -> Iterable[bytes]:
+    def check_host(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         if policy.allows(environ.get("HTTP_HOST")):
             return with_socketio(environ, start_response)
         environ["audioserver.refused_host"] = True
         return flask_only(environ, start_response)
 
-    app.wsgi_app = check_host
+    app.wsgi_app = check_host  # type: ignore[method-assign]  # Flask's way to wrap its WSGI app
 
     @app.before_request
     def refuse_host() -> None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import math
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +68,9 @@ class ProcessedChunks(Iterator[AudioSegment]):
         """Stop early: delete the temporary spool now rather than when this is collected."""
         self._chunks.close()
 
-    def _run(self, segment: AudioSegment, chunk_seconds: float) -> Iterator[AudioSegment]:
+    def _run(
+        self, segment: AudioSegment, chunk_seconds: float
+    ) -> Generator[AudioSegment, None, None]:
         first = self.stages[0]
         source: Iterator[Chunk] = segment_chunks(
             segment,
@@ -104,12 +106,14 @@ class ProcessedChunks(Iterator[AudioSegment]):
 
     def _spool(self, stage: Stage, source: Iterator[Chunk], spool: Spool) -> None:
         """Run a stage that ends at a global step: spool its output, measure it, reduce."""
+        boundary = stage.boundary
+        assert boundary is not None, "only a stage that ends at a global step is spooled"
         measurements = []
         for chunk in source:
             block = stage.run(chunk.block())
-            measurements.append(stage.boundary.measure(block))
+            measurements.append(boundary.measure(block))
             spool.write(block.body_start, block.body)
-        stage.boundary.reduce(measurements)
+        boundary.reduce(measurements)
 
     def _output(self, block: Block) -> AudioSegment:
         """Return an output chunk as the server makes it: clipped, measured, 16-bit."""
@@ -169,6 +173,7 @@ def process_segment(
         frame_rate=chunks.sample_rate,
         channels=chunks.channels,
     )
+    assert chunks.summary is not None, "the summary is there once the last chunk is taken"
     return processed, chunks.summary
 
 

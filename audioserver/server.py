@@ -7,6 +7,7 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler
@@ -111,7 +112,7 @@ def make_server(app: Flask, host: str, port: int) -> BaseWSGIServer:
     return make_werkzeug_server(host, port, app, threaded=True, request_handler=handler)
 
 
-def stop_on_sigterm(app) -> None:
+def stop_on_sigterm(app: Flask) -> None:
     """At SIGTERM, stop running tasks (reason "shutdown"), let the sockets flush, and exit.
 
     Each stopped task keeps its partial result and writes task.json; its
@@ -119,7 +120,7 @@ def stop_on_sigterm(app) -> None:
     five seconds, as service managers expect.
     """
 
-    def stop(signum, frame) -> None:
+    def stop(signum: int, frame: FrameType | None) -> None:
         logger.info("SIGTERM: stopping the running tasks")
         app.extensions["uploads"].close()  # uploads in progress end, their .part files go
         app.extensions["audio_engine"].shutdown(timeout=3.0)

@@ -101,7 +101,8 @@ class ChunkStore:
     def read_meta(self, index: int) -> dict[str, Any]:
         """Return the analysis of an emitted chunk."""
         meta_offset, meta_length, _, _ = self._index[index]
-        return json.loads(os.pread(self._meta_fd, meta_length, meta_offset))
+        meta: dict[str, Any] = json.loads(os.pread(self._meta_fd, meta_length, meta_offset))
+        return meta
 
     def finalize(self) -> None:
         """Make result.wav a complete WAV of the chunks stored so far."""
@@ -130,9 +131,10 @@ def save_snapshot(folder: Path, snapshot: dict[str, Any]) -> None:
 def load_snapshot(folder: Path) -> dict[str, Any] | None:
     """Return a folder's finished-task description, None if it has none (or a broken one)."""
     try:
-        return json.loads((folder / SNAPSHOT).read_text())
+        snapshot: dict[str, Any] = json.loads((folder / SNAPSHOT).read_text())
     except (OSError, ValueError):
         return None
+    return snapshot
 
 
 def folder_bytes(folder: Path) -> int:

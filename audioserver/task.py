@@ -272,8 +272,9 @@ class Task:
             info=info, options=options, stages=stages, window=window, existing=True,
         )  # fmt: skip
         task.status = Status(described["status"])
-        task.created_at, task.started_at, task.finished_at = (
-            parse_iso(described[key]) for key in ("created_at", "started_at", "finished_at")
+        task.created_at = datetime.fromisoformat(described["created_at"])  # a task always has one
+        task.started_at, task.finished_at = (
+            parse_iso(described[key]) for key in ("started_at", "finished_at")
         )
         task.error, task.summary = described["error"], described["summary"]
         task.warnings = described.get("warnings", [])

@@ -644,6 +644,7 @@ class TaskEngine:
     def _run_stages(self, task: Task) -> bool:
         """Run every stage; return True if the task ran to the end."""
         first = task.stages[0]
+        assert task.decoder is not None, "a running task has its decoder"
         source: Iterator[Chunk] = self._bounded(
             task,
             decoded_chunks(
@@ -673,6 +674,7 @@ class TaskEngine:
                 with task.lock:
                     self._progress(task, stage, stage_end=True)
                 if not last:
+                    assert stage.boundary is not None and spool is not None, "not the last stage"
                     stage.boundary.reduce([measurements[index] for index in range(count)])
                     task.log.info("stage %d measured: %s", number, stage.boundary.report())
                     following = task.stages[number + 1]
@@ -722,6 +724,7 @@ class TaskEngine:
         """Record what the end of a stage's input tells: the exact duration, the chunk count."""
         with task.lock:
             if stage is task.stages[0]:
+                assert task.decoder is not None, "a running task has its decoder"
                 task.duration = task.decoder.frames_read / task.info.sample_rate
                 self._check_length(task)
                 self._check_silenced(task)
@@ -743,6 +746,7 @@ class TaskEngine:
     def _check_length(self, task: Task) -> None:
         """Warn when the audio ended well before its header said (a truncated file)."""
         announced = task.info.duration
+        assert task.duration is not None, "the decoder has come to the end"
         if announced and task.duration < TRUNCATED_FRACTION * announced:
             message = (
                 f"The file ends after {task.duration:.1f} s, though its header announces "
@@ -774,6 +778,7 @@ class TaskEngine:
                 task.window.release()
                 return
             if spool is not None:
+                assert stage.boundary is not None, "a spooled stage ends at a global step"
                 measurements[chunk.index] = stage.boundary.measure(block)
                 spool.write(block.body_start, block.body)
                 self.observer.chunk_processed(time.perf_counter() - started)
@@ -986,6 +991,7 @@ class TaskEngine:
             }
 
         if self._end(task, Status.COMPLETED, "processing_complete", describe):
+            assert task.terminal is not None, "_end() sets it"
             event, data = task.terminal
             if event == "processing_complete":
                 task.log.info(
@@ -1064,6 +1070,7 @@ class TaskEngine:
 
     def _settle_encoder(self, task: Task) -> None:
         """Encode a stopped task's partial result; drop a failed or deleted one's."""
+        assert task.encoder is not None, "only a task with an encoder has one to settle"
         with task.lock:
             keep = task.status == Status.STOPPED and not task.deleted
         if not keep:

@@ -33,7 +33,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from flask import Flask, Request, current_app, g, request
 from werkzeug.exceptions import RequestEntityTooLarge
@@ -291,7 +291,8 @@ class UploadRequest(Request):
     def _get_stream_for_parsing(self) -> IO[bytes]:
         stream = super()._get_stream_for_parsing()
         body = getattr(self, "_watched", None)
-        return stream if body is None else ProgressStream(stream, body)
+        # Werkzeug's parser only reads the stream: a ProgressStream is all the IO it needs.
+        return stream if body is None else cast(IO[bytes], ProgressStream(stream, body))
 
     def _get_file_stream(
         self,
@@ -300,7 +301,7 @@ class UploadRequest(Request):
         filename: str | None = None,
         content_length: int | None = None,
     ) -> IO[bytes]:
-        parts = g.setdefault("upload_parts", [])
+        parts: list[IO[bytes]] = g.setdefault("upload_parts", [])
         if parts:
             raise BadRequest(
                 "Send one file per upload, in the field 'file'; this form has more.",
@@ -358,7 +359,7 @@ def idle_timeout_handler(
     """
     seconds = max(app.config["IDLE_TIMEOUT_SECONDS"], app.config["UPLOAD_TIMEOUT_SECONDS"] + 2)
 
-    class IdleTimeoutHandler(base):
+    class IdleTimeoutHandler(base):  # type: ignore[valid-type,misc]  # a base given at run time
         timeout = seconds
 
         def log_error(self, format: str, *args: Any) -> None:

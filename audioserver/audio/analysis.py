@@ -62,7 +62,8 @@ def waveform(samples: np.ndarray, *, sample_rate: int, start: int = 0) -> list[l
     lows = np.minimum.reduceat(samples, starts, axis=0).min(axis=1)
     highs = np.maximum.reduceat(samples, starts, axis=0).max(axis=1)
     pairs = np.clip(np.stack([lows, highs], axis=1), -1.0, 1.0)
-    return np.round(pairs, 4).tolist()
+    rounded: list[list[float]] = np.round(pairs, 4).tolist()
+    return rounded
 
 
 def audiowaveform(
@@ -145,10 +146,12 @@ def spectrum(samples: np.ndarray, *, sample_rate: int, bands: int = SPECTRUM_BAN
         nearest = np.clip(np.rint(centres / bin_width).astype(np.int64), 0, len(density) - 1)
         band_power[empty] = density[nearest] * (edges[1:] - edges[:-1])[empty]
     # A sine of amplitude A has power A**2 / 2: double it so full scale reads 0 dB.
-    return np.round(to_db(2.0 * band_power, power=True), 2).tolist()
+    levels: list[float] = np.round(to_db(2.0 * band_power, power=True), 2).tolist()
+    return levels
 
 
 def to_pcm16(samples: np.ndarray) -> bytes:
     """Return interleaved 16-bit little-endian PCM (clipped at full scale, no dither)."""
     scaled = np.rint(np.clip(samples, -1.0, 1.0) * 32767.0)
-    return scaled.astype("<i2").tobytes()
+    pcm: bytes = scaled.astype("<i2").tobytes()
+    return pcm

@@ -47,7 +47,8 @@ class Chunk:
     @property
     def body_frames(self) -> int:
         """Frames of the chunk's own audio, without pre-roll and look-ahead."""
-        return len(self.segment.raw_data) // self.segment.frame_width - self.pre - self.post
+        frames: int = len(self.segment.raw_data) // self.segment.frame_width
+        return frames - self.pre - self.post
 
     def block(self) -> Block:
         """Return the block the steps work on: the segment's samples as float64 (one copy)."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import fcntl
+import io
 import logging
 import os
 import re
@@ -31,6 +32,7 @@ import subprocess
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, NoReturn, cast
 
 import numpy as np
 
@@ -78,7 +80,7 @@ class AudioInfo:
 class _StderrLog:
     """Drains ffmpeg's stderr on a thread: keeps the last lines and the input's description."""
 
-    def __init__(self, stream) -> None:
+    def __init__(self, stream: IO[bytes]) -> None:
         self.lines: collections.deque[str] = collections.deque(maxlen=60)
         self.input_described = threading.Event()
         self.duration: float | None = None
@@ -88,7 +90,7 @@ class _StderrLog:
         )
         self._thread.start()
 
-    def _drain(self, stream) -> None:
+    def _drain(self, stream: IO[bytes]) -> None:
         try:
             for raw in stream:
                 self._take(raw.decode("utf-8", "replace").rstrip())
@@ -165,13 +167,16 @@ class Decoder:
             stderr=subprocess.PIPE,
             start_new_session=True,
         )
+        # Both are pipes (never None); stdout is buffered, its raw file reads what has come.
+        stdout = cast("io.BufferedReader[io.FileIO]", self._proc.stdout)
+        stderr = cast(IO[bytes], self._proc.stderr)
         with contextlib.suppress(OSError):
-            fcntl.fcntl(self._proc.stdout.fileno(), fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
+            fcntl.fcntl(stdout.fileno(), fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
             # Decoding is background work: the server's own threads (answering requests,
             # emitting chunks) come first when the cores are busy.
             os.setpriority(os.PRIO_PROCESS, self._proc.pid, BACKGROUND_NICENESS)
-        self._stdout = self._proc.stdout.raw
-        self._stderr = _StderrLog(self._proc.stderr)
+        self._stdout = stdout.raw
+        self._stderr = _StderrLog(stderr)
         try:
             self.info = self._start(max_channels)
         except BaseException:
@@ -198,7 +203,8 @@ class Decoder:
         riff = self._read_exact(12)
         if len(riff) < 12 or riff[:4] != b"RIFF" or riff[8:12] != b"WAVE":
             self._fail()
-        sample_rate = channels = None
+        sample_rate: int | None = None
+        channels: int | None = None
         while True:
             head = self._read_exact(8)
             if len(head) < 8:
@@ -215,7 +221,7 @@ class Decoder:
             self._fail("ffmpeg did not describe the audio")
         return sample_rate, channels
 
-    def _fail(self, reason: str | None = None):
+    def _fail(self, reason: str | None = None) -> NoReturn:
         """Raise a DecodeError with the reason, or with ffmpeg's own error line."""
         self._wait_for_exit()
         reason = reason or self._stderr.error_line()
@@ -320,10 +326,11 @@ class Decoder:
         self._stderr.join(timeout=1.0)
         for stream in (self._proc.stdout, self._proc.stderr):
             with contextlib.suppress(OSError):
-                stream.close()
+                if stream is not None:  # never: both are pipes
+                    stream.close()
 
     def __enter__(self) -> Decoder:
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()

@@ -39,6 +39,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, cast
 
 from .decode import BACKGROUND_NICENESS
 from .encode import HEADER_BYTES
@@ -235,7 +236,8 @@ class StreamEncoder:
             raise EncodeError(f"ffmpeg could not be started: {error}") from error
         with contextlib.suppress(OSError):
             # A larger pipe lets ffmpeg's reads and ours overlap more.
-            fcntl.fcntl(self._proc.stdin.fileno(), fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
+            stdin = cast(IO[bytes], self._proc.stdin)  # a pipe: never None
+            fcntl.fcntl(stdin.fileno(), fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
             # Encoding is background work, like decoding (see decode.py).
             os.setpriority(os.PRIO_PROCESS, self._proc.pid, BACKGROUND_NICENESS)
         self._worker = threading.Thread(target=self._feed, name=f"encode-{spec.name}", daemon=True)
@@ -337,7 +339,7 @@ class StreamEncoder:
     def __enter__(self) -> StreamEncoder:
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.abort()
 
     # -- the worker thread -------------------------------------------------------
@@ -347,7 +349,7 @@ class StreamEncoder:
 
     def _feed(self) -> None:
         """Copy PCM from the source to ffmpeg's stdin as it arrives; close stdin at the end."""
-        stdin = self._proc.stdin
+        stdin = cast(IO[bytes], self._proc.stdin)  # a pipe: never None
         try:
             while True:
                 with self._condition:
@@ -422,4 +424,5 @@ class StreamEncoder:
         lines = [line for line in lines if line]
         # ffmpeg logs the cause first, then how each of its threads gave up.
         causes = [line for line in lines if not line.startswith(_CONSEQUENCES)]
-        return (causes or lines or [None])[0]
+        found = causes or lines
+        return found[0] if found else None

@@ -22,7 +22,8 @@ def find_ffmpeg(configured: str = "") -> str:
         return on_path
     import imageio_ffmpeg
 
-    return imageio_ffmpeg.get_ffmpeg_exe()
+    bundled: str = imageio_ffmpeg.get_ffmpeg_exe()
+    return bundled
 
 
 def configure_pydub(ffmpeg: str) -> None:

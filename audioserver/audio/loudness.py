@@ -184,7 +184,8 @@ def combine(parts: Sequence[Energies], *, sample_rate: int, total_frames: int) -
 
 def _energy(loudness: float) -> float:
     """Return the mean square that reads as this loudness."""
-    return 10.0 ** ((loudness - LOUDNESS_OFFSET) / 10.0)
+    energy: float = 10.0 ** ((loudness - LOUDNESS_OFFSET) / 10.0)
+    return energy
 
 
 def _loudness(energy: float) -> float:
@@ -199,7 +200,8 @@ def _windows(sub_blocks: np.ndarray, size: int) -> np.ndarray:
         return np.zeros(0)
     # Summing each window directly, not by cumsum differences: a quiet window after a loud
     # passage keeps its precision, and never comes out negative.
-    return np.lib.stride_tricks.sliding_window_view(sub_blocks, size).mean(axis=1)
+    means: np.ndarray = np.lib.stride_tricks.sliding_window_view(sub_blocks, size).mean(axis=1)
+    return means
 
 
 def integrated_loudness(sub_blocks: np.ndarray) -> float | None:

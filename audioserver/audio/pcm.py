@@ -32,7 +32,7 @@ with warnings.catch_warnings():
 
 __all__ = ["AudioSegment", "Quantizer", "headroom_for", "to_float", "to_segment"]
 
-_DTYPES = {1: np.dtype("i1"), 2: np.dtype("<i2"), 4: np.dtype("<i4")}
+_DTYPES: dict[int, np.dtype] = {1: np.dtype("i1"), 2: np.dtype("<i2"), 4: np.dtype("<i4")}
 
 
 def _dtype(sample_width: int) -> np.dtype:

@@ -241,7 +241,7 @@ class Pipeline:
         self.steps = list(steps)
 
     @classmethod
-    def parse(cls, spec: str | list | None) -> Pipeline:
+    def parse(cls, spec: str | list[Any] | None) -> Pipeline:
         """Parse either written form; None gives the default pipeline, "" no steps."""
         if spec is None:
             spec = DEFAULT_PIPELINE

@@ -14,23 +14,26 @@ resubscribes), ``api`` (the HTTP endpoints), ``progress`` (the bars).
 
 from __future__ import annotations
 
+from typing import Any
+
 import engineio
 import socketio
 
 
-class _InOrderEngineIOClient(engineio.Client):
+# python-engineio and python-socketio have no type hints: their classes are Any to mypy.
+class _InOrderEngineIOClient(engineio.Client):  # type: ignore[misc]
     """An Engine.IO client that handles each message in the read loop, in arrival order."""
 
-    def _trigger_event(self, event, *args, **kwargs):
+    def _trigger_event(self, event: str, *args: Any, **kwargs: Any) -> Any:
         if event == "message":
             kwargs["run_async"] = False
         return super()._trigger_event(event, *args, **kwargs)
 
 
-class InOrderClient(socketio.Client):
+class InOrderClient(socketio.Client):  # type: ignore[misc]
     """A ``socketio.Client`` whose event handlers run one at a time, in arrival order."""
 
-    def _engineio_client_class(self):
+    def _engineio_client_class(self) -> type[_InOrderEngineIOClient]:
         return _InOrderEngineIOClient
 
 

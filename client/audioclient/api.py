@@ -94,23 +94,23 @@ class Server:
             encoder = MultipartEncoder(fields=[*fields.items(), ("file", (path.name, file))])
             body = MultipartEncoderMonitor(encoder, _progress_callback(on_progress))
             headers = {"Content-Type": body.content_type}
-            return self._request("POST", "/upload", data=body, headers=headers).json()
+            return _json(self._request("POST", "/upload", data=body, headers=headers))
 
     def task(self, task_id: str, *, timeout: float | None = None) -> dict[str, Any]:
         """GET /tasks/<id>: the task's status and progress."""
-        return self._request("GET", f"/tasks/{task_id}", timeout=timeout or self.timeout).json()
+        return _json(self._request("GET", f"/tasks/{task_id}", timeout=timeout or self.timeout))
 
     def stop(self, task_id: str) -> dict[str, Any]:
         """POST /stop-processing."""
-        return self._request("POST", "/stop-processing", json={"task_id": task_id}).json()
+        return _json(self._request("POST", "/stop-processing", json={"task_id": task_id}))
 
     def health(self) -> dict[str, Any]:
         """GET /healthz."""
-        return self._request("GET", "/healthz").json()
+        return _json(self._request("GET", "/healthz"))
 
     def steps(self) -> dict[str, Any]:
         """GET /pipeline/steps: the catalogue."""
-        return self._request("GET", "/pipeline/steps").json()
+        return _json(self._request("GET", "/pipeline/steps"))
 
     def download_result(
         self,
@@ -163,6 +163,12 @@ def _progress_callback(
     if on_progress is None:
         return None
     return lambda monitor: on_progress(monitor.bytes_read, monitor.len)
+
+
+def _json(response: requests.Response) -> dict[str, Any]:
+    """The JSON object of a successful answer."""
+    body: dict[str, Any] = response.json()
+    return body
 
 
 def _server_error(response: requests.Response) -> ServerError:

@@ -79,8 +79,9 @@ class Connection:
         self._sid: str | None = None
         self._disconnected_at: float | None = None
         self._closing = False
-        self._subscribers: dict[str, Subscriber] = {}
-        self._unclaimed: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+        # By task id; events are looked up by the task_id they name, None if they name none.
+        self._subscribers: dict[str | None, Subscriber] = {}
+        self._unclaimed: dict[str | None, list[tuple[str, dict[str, Any]]]] = {}
         self.client.on("connect", self._on_connect)
         self.client.on("disconnect", self._on_disconnect)
         self.client.on("audio_chunk", self._on_chunk)
@@ -115,6 +116,7 @@ class Connection:
         with self._lock:
             if not self._lock.wait_for(lambda: self._sid is not None, timeout):
                 raise ClientError(f"no Socket.IO connection to {self.url} for {timeout:.0f} s")
+            assert self._sid is not None, "what wait_for waited for"
             return self._sid
 
     def seconds_disconnected(self) -> float:
@@ -147,7 +149,10 @@ class Connection:
     def stop(self, task_id: str, *, timeout: float = 5.0) -> dict[str, Any] | None:
         """Send ``stop``; return the ack, or None if the connection could not carry it."""
         try:
-            return self.client.call("stop", {"task_id": task_id}, timeout=timeout)
+            ack: dict[str, Any] | None = self.client.call(
+                "stop", {"task_id": task_id}, timeout=timeout
+            )
+            return ack
         except socketio.exceptions.SocketIOError:
             return None
 

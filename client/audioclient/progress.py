@@ -13,7 +13,7 @@ REDRAW_SECONDS = 0.1  # at most this often while uploading (every block sent cal
 MB = 1024 * 1024  # as the server's MAX_UPLOAD_MB counts
 
 
-class _Bar(tqdm):
+class _Bar(tqdm):  # type: ignore[type-arg]  # generic in its stubs, not at run time
     monitor_interval = 0  # no monitor thread: every bar is refreshed by its own job
 
 

@@ -63,7 +63,8 @@ class Block:
 
     @property
     def channels(self) -> int:
-        return self.samples.shape[1]
+        channels: int = self.samples.shape[1]
+        return channels
 
     def with_samples(self, samples: np.ndarray) -> Block:
         """Return the same block holding other samples of the same length and rate."""
@@ -276,4 +277,5 @@ class GlobalStep(Step):
 
 def db_to_gain(db: float) -> float:
     """Return the linear gain of a level in dB."""
-    return 10.0 ** (db / 20.0)
+    gain: float = 10.0 ** (db / 20.0)
+    return gain

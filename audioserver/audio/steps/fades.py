@@ -61,6 +61,7 @@ class FadeOut(GlobalStep):
 
     def process(self, block: Block) -> Block:
         length = self.options["seconds"] * block.sample_rate
+        assert self.total_frames is not None, "process() runs after reduce()"
         fade_from = self.total_frames - length
         if length <= 0 or block.start + len(block.samples) <= fade_from:
             return block

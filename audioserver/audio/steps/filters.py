@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import numpy as np
 from scipy import signal
@@ -45,7 +45,7 @@ class _Butterworth(Step):
     """A Butterworth filter, run as second-order sections."""
 
     kind = "stateful"
-    btype: ClassVar[str]
+    btype: ClassVar[Literal["highpass", "lowpass", "bandpass"]]
 
     def cutoff(self) -> float | list[float]:
         return self.options["freq"]
@@ -55,8 +55,9 @@ class _Butterworth(Step):
 
     def bind(self, sample_rate: int, channels: int) -> None:
         super().bind(sample_rate, channels)
+        order = int(self.options["order"])  # an int parameter: already an int
         self.sos = signal.butter(
-            self.options["order"], self.cutoff(), btype=self.btype, fs=sample_rate, output="sos"
+            order, self.cutoff(), btype=self.btype, fs=sample_rate, output="sos"
         )
         self._pre_roll = settle_frames(self.sos)
 

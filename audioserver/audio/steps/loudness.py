@@ -49,6 +49,7 @@ class Loudness(GlobalStep):
         self.limited = False
 
     def measure_pre_roll(self) -> int:
+        assert self.sample_rate is not None, "measure_pre_roll() runs after bind()"
         return loudness.pre_roll(self.sample_rate)
 
     def measure(self, block: Block) -> _Measure:
@@ -59,6 +60,7 @@ class Loudness(GlobalStep):
         return _Measure(energies, float(np.max(np.abs(body))) if body.size else 0.0, len(body))
 
     def reduce(self, measurements: Sequence[_Measure]) -> None:
+        assert self.sample_rate is not None, "reduce() runs after bind()"
         sub_blocks = loudness.combine(
             [m.energies for m in measurements],
             sample_rate=self.sample_rate,

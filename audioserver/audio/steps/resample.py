@@ -46,8 +46,9 @@ class Resample(Step):
 
     def bind(self, sample_rate: int, channels: int) -> None:
         super().bind(sample_rate, channels)
-        common = math.gcd(sample_rate, self.options["rate"])
-        self.up, self.down = self.options["rate"] // common, sample_rate // common
+        rate = int(self.options["rate"])  # an int parameter: already an int
+        common = math.gcd(sample_rate, rate)
+        self.up, self.down = rate // common, sample_rate // common
         if self.up == self.down:
             self.fir, self.context = None, 0
             return
@@ -59,7 +60,7 @@ class Resample(Step):
         return self.cost_ns * max(1.0, self.output_rate(sample_rate) / sample_rate)
 
     def output_rate(self, sample_rate: int) -> int:
-        return self.options["rate"]
+        return int(self.options["rate"])
 
     def pre_roll(self) -> int:
         return self.context
@@ -78,13 +79,16 @@ class Resample(Step):
             raise ValueError(
                 f"resample: a block starts at frame {block.start}, not at a multiple of {down}"
             )
-        resampled = signal.resample_poly(block.samples, up, down, axis=0, window=self.fir)
+        # scipy takes the FIR itself as the window (its docs); its stubs do not say so.
+        resampled = signal.resample_poly(  # type: ignore[call-overload]
+            block.samples, up, down, axis=0, window=self.fir
+        )
         # Block starts and chunk boundaries are multiples of down: they map exactly.
         start, pre = block.start * up // down, block.pre * up // down
         body_end = block.body_start + len(block.body)
         # The last chunk keeps the partial frame that whole-file resampling ends with.
         end = -(-body_end * up // down) if block.final else body_end * up // down
         return replace(
-            block, samples=resampled, sample_rate=self.options["rate"],
+            block, samples=resampled, sample_rate=int(self.options["rate"]),
             start=start, pre=pre, post=len(resampled) - (end - start),
         )  # fmt: skip
