@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from audioserver.audio.pipeline import Pipeline
-from audioserver.errors import DecodeError
+from audioserver.errors import DecodeError, ParameterError
 from audioserver.tasks import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, TaskEngine, TaskOptions
 
 TERMINAL = ("processing_complete", "processing_stopped", "processing_error")
@@ -79,6 +79,11 @@ def test_every_task_ends_exactly_once_with_json_that_is_valid(
         # Refused at once, for a reason it says: only rates outside the range are.
         assert not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE, error.message
         assert "sample rate" in error.message
+        return
+    except ParameterError as error:
+        # Or a pipeline too costly at this rate and channel count (many samples a second).
+        assert error.code == "pipeline_too_costly", error.message
+        assert rate * channels >= 500_000, error.message
         return
     event, data = recorder.wait_end(sid, task.id, timeout=60)
     events = recorder.events(sid, task.id)
