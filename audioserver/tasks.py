@@ -1076,11 +1076,7 @@ class TaskEngine:
         if not keep:
             task.encoder.abort()
             return
-        try:
-            task.result_path = task.encoder.finish()
-        except EncodeError as error:
-            task.result_path = task.store.path
-            self._warn_encode_failed(task, error)
+        self._finish_encoding(task)
 
     def result(self, task: Task) -> Path:
         """Return a finished task's result file, waiting for its encoding to end."""
