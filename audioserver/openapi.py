@@ -86,10 +86,12 @@ def _schemas(chunk_seconds: tuple[float, float, float]) -> dict[str, Any]:
             "type": "object",
             "description": (
                 "Every error answer. Codes: missing_file, empty_filename, too_many_files, "
-                "invalid_parameter, invalid_pipeline, bad_json (400); task_not_found, not_found "
-                "(404); method_not_allowed (405); upload_timeout (408); task_finished, "
-                "task_not_ready, task_failed, result_unavailable (409); too_large, "
-                "form_too_large (413); not_audio (415); at_capacity (503); "
+                "invalid_parameter, invalid_pipeline, pipeline_too_costly, bad_json, "
+                "bad_multipart, bad_host, bad_request, bad_packet (400); task_not_found, "
+                "not_found (404); method_not_allowed (405); upload_timeout (408); "
+                "task_finished, task_not_ready, task_failed, result_unavailable (409); "
+                "too_large, form_too_large, too_much_audio (413); uri_too_long (414); "
+                "not_audio (415); headers_too_large (431); at_capacity (503); "
                 "insufficient_storage (507)."
             ),
             "required": ["error", "message"],
