@@ -57,24 +57,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     )
     broadcaster = SocketBroadcaster(socketio)
     app.extensions["audio_broadcaster"] = broadcaster
-    engine = TaskEngine(
-        data_dir=data_dir,
-        ffmpeg=ffmpeg,
-        workers=app.config["WORKERS"],
-        max_active=app.config["MAX_ACTIVE_TASKS"],
-        max_queued=app.config["MAX_QUEUED_TASKS"],
-        chunk_window=app.config["CHUNK_WINDOW"],
-        max_audio_seconds=app.config["MAX_AUDIO_SECONDS"],
-        max_audio_samples=app.config["MAX_AUDIO_SAMPLES"],
-        max_pipeline_cost=app.config["MAX_PIPELINE_COST"],
-        stall_seconds=app.config["DECODE_STALL_SECONDS"],
-        client_backlog=app.config["CLIENT_BACKLOG"],
-        result_ttl_seconds=app.config["RESULT_TTL_HOURS"] * 3600,
-        max_data_bytes=int(app.config["MAX_DATA_MB"] * 1024 * 1024),
-        sweep_seconds=app.config["SWEEP_SECONDS"],
-        disk_reserve_bytes=int(app.config["DISK_RESERVE_MB"] * 1024 * 1024),
-        broadcaster=broadcaster,
-        observer=metrics,
+    engine = TaskEngine.from_config(
+        app.config, data_dir=data_dir, ffmpeg=ffmpeg, broadcaster=broadcaster, observer=metrics
     )
     metrics.watch_engine(engine.health)
     app.extensions["audio_engine"] = engine

@@ -31,7 +31,8 @@ from socketio import Server as SocketIOServer
 from socketio import packet as sio_packet
 
 from . import jsonio
-from .errors import CLIENT_FAULTS, AudioServerError, BadRequest
+from .errors import CLIENT_FAULTS
+from .exceptions import AudioServerError, BadRequest
 from .tasks import TaskEngine
 
 logger = logging.getLogger(__name__)

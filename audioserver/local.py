@@ -31,7 +31,7 @@ from typing import IO, Any
 from . import config
 from .audio.encoders import FORMATS
 from .audio.ffmpeg import find_ffmpeg
-from .errors import AudioServerError
+from .exceptions import AudioServerError
 from .routes import upload_options
 from .tasks import NullBroadcaster, Task, TaskEngine, TaskOptions
 
@@ -206,19 +206,13 @@ def make_engine(folder: Path, *, workers: int | None, tasks: int, events: Ending
         ffmpeg = find_ffmpeg(settings["FFMPEG"])
     except FileNotFoundError as error:
         raise CommandError(str(error)) from error
-    return TaskEngine(
+    return TaskEngine.from_config(
+        settings,
         data_dir=folder,
         ffmpeg=ffmpeg,
-        workers=settings["WORKERS"],
-        max_active=settings["MAX_ACTIVE_TASKS"],
-        max_queued=tasks,  # every file waits for its turn
-        chunk_window=settings["CHUNK_WINDOW"],
-        max_audio_seconds=settings["MAX_AUDIO_SECONDS"],
-        max_audio_samples=settings["MAX_AUDIO_SAMPLES"],
-        max_pipeline_cost=settings["MAX_PIPELINE_COST"],
-        stall_seconds=settings["DECODE_STALL_SECONDS"],
-        sweep_seconds=0,  # nothing outlives the command
         broadcaster=events,
+        max_queued=tasks,  # every file waits for its turn
+        sweep_seconds=0,  # nothing outlives the command
     )
 
 

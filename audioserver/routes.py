@@ -25,7 +25,7 @@ from . import openapi, uploads
 from .audio.encoders import FORMATS
 from .audio.pipeline import MAX_STEPS, Pipeline
 from .audio.steps import catalogue
-from .errors import BadRequest, ParameterError
+from .exceptions import BadRequest, ParameterError
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .tasks import TaskEngine, TaskOptions
 

@@ -34,7 +34,7 @@ from wsgiref.types import StartResponse
 
 from flask import Flask, Response, request
 
-from .errors import BadRequest
+from .exceptions import BadRequest
 
 # Headers a cross-origin script may read: the result's name and range, the new task's address,
 # how long to wait when the server is busy.

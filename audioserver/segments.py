@@ -33,7 +33,7 @@ from .audio.meter import ChunkMeasure, OutputMeter
 from .audio.pcm import AudioSegment
 from .audio.pipeline import Pipeline, Stage
 from .audio.steps import Block
-from .errors import ParameterError
+from .exceptions import ParameterError
 
 __all__ = ["ProcessedChunks", "process_segment", "processed_chunks"]
 

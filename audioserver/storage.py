@@ -29,7 +29,7 @@ from typing import Any
 
 from .audio.encode import WavWriter
 from .audio.pipeline import Stage
-from .errors import InsufficientStorage
+from .exceptions import InsufficientStorage
 
 
 class ChunkStore:

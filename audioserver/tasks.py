@@ -25,7 +25,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import datetime
@@ -42,7 +42,7 @@ from .audio.encoders import FORMATS, EncodeError, StreamEncoder
 from .audio.meter import OutputMeter
 from .audio.pipeline import Stage
 from .audio.steps import Block
-from .errors import (
+from .exceptions import (
     AtCapacity,
     AudioServerError,
     BadRequest,
@@ -214,6 +214,39 @@ class TaskEngine:
             threading.Thread(
                 target=self._sweep_every, args=(sweep_seconds,), name="sweeper", daemon=True
             ).start()
+
+    @classmethod
+    def from_config(
+        cls,
+        config: Mapping[str, Any],
+        *,
+        data_dir: Path,
+        ffmpeg: str,
+        broadcaster: Broadcaster | None = None,
+        observer: Observer | None = None,
+        **overrides: Any,
+    ) -> TaskEngine:
+        """Build the engine from the settings (``config.py``'s names); overrides win."""
+        mb = 1024 * 1024
+        settings: dict[str, Any] = {
+            "workers": config["WORKERS"],
+            "max_active": config["MAX_ACTIVE_TASKS"],
+            "max_queued": config["MAX_QUEUED_TASKS"],
+            "chunk_window": config["CHUNK_WINDOW"],
+            "max_audio_seconds": config["MAX_AUDIO_SECONDS"],
+            "max_audio_samples": config["MAX_AUDIO_SAMPLES"],
+            "max_pipeline_cost": config["MAX_PIPELINE_COST"],
+            "stall_seconds": config["DECODE_STALL_SECONDS"],
+            "client_backlog": config["CLIENT_BACKLOG"],
+            "result_ttl_seconds": config["RESULT_TTL_HOURS"] * 3600,
+            "max_data_bytes": int(config["MAX_DATA_MB"] * mb),
+            "sweep_seconds": config["SWEEP_SECONDS"],
+            "disk_reserve_bytes": int(config["DISK_RESERVE_MB"] * mb),
+        }
+        settings.update(overrides)
+        return cls(
+            data_dir=data_dir, ffmpeg=ffmpeg, broadcaster=broadcaster, observer=observer, **settings
+        )
 
     # -- surviving restarts, and cleaning up ------------------------------------------
 

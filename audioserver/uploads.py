@@ -39,7 +39,7 @@ from flask import Flask, Request, current_app, g, request
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.serving import WSGIRequestHandler
 
-from .errors import (
+from .exceptions import (
     AtCapacity,
     AudioServerError,
     BadRequest,

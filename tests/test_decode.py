@@ -21,7 +21,7 @@ from helpers import (
 
 from audioserver.audio.decode import HEADROOM_BITS, Decoder
 from audioserver.audio.pcm import AudioSegment, to_float
-from audioserver.errors import DecodeError
+from audioserver.exceptions import DecodeError
 
 
 @pytest.fixture

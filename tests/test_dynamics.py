@@ -15,7 +15,7 @@ import audioserver.audio.steps.dynamics  # noqa: F401  (registers the compressor
 from audioserver.audio.pipeline import Pipeline
 from audioserver.audio.steps import Block
 from audioserver.audio.steps.dynamics import MAX_REDUCTION_DB, SETTLE_DB
-from audioserver.errors import ParameterError
+from audioserver.exceptions import ParameterError
 
 RATE = 8000
 

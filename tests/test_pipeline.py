@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from scipy import signal
 
 from audioserver.audio.pipeline import MAX_STEPS, Pipeline
-from audioserver.errors import ParameterError
+from audioserver.exceptions import ParameterError
 
 
 @pytest.mark.parametrize(

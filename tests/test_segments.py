@@ -12,7 +12,7 @@ from helpers import Recorder, music, pcm16, read_wav, to_int16, write_wav
 from audioserver.audio.ffmpeg import find_ffmpeg
 from audioserver.audio.pcm import AudioSegment
 from audioserver.audio.pipeline import Pipeline
-from audioserver.errors import ParameterError
+from audioserver.exceptions import ParameterError
 from audioserver.segments import process_segment, processed_chunks
 from audioserver.tasks import TaskEngine, TaskOptions
 

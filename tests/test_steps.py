@@ -14,7 +14,7 @@ from audioserver.audio.pipeline import Pipeline
 from audioserver.audio.steps import GlobalStep, Step
 from audioserver.audio.steps.filters import SETTLE_TOLERANCE, settle_frames
 from audioserver.audio.steps.resample import lowpass_fir
-from audioserver.errors import ParameterError
+from audioserver.exceptions import ParameterError
 
 RATE = 48000
 

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from audioserver.audio.pipeline import Pipeline
-from audioserver.errors import DecodeError, ParameterError
+from audioserver.exceptions import DecodeError, ParameterError
 from audioserver.tasks import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, TaskEngine, TaskOptions
 
 TERMINAL = ("processing_complete", "processing_stopped", "processing_error")

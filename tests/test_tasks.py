@@ -14,7 +14,13 @@ from helpers import Count, Recorder, music, noise, pcm16, read_wav, write_wav
 from scipy import signal
 
 from audioserver.audio.pipeline import Pipeline
-from audioserver.errors import AtCapacity, DecodeError, ParameterError, TaskConflict, TaskNotFound
+from audioserver.exceptions import (
+    AtCapacity,
+    DecodeError,
+    ParameterError,
+    TaskConflict,
+    TaskNotFound,
+)
 from audioserver.tasks import TaskEngine, TaskOptions
 
 RATE = 44100

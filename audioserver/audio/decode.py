@@ -36,7 +36,7 @@ from typing import IO, NoReturn, cast
 
 import numpy as np
 
-from ..errors import DecodeError
+from ..exceptions import DecodeError
 from .pcm import AudioSegment
 
 logger = logging.getLogger(__name__)

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ParameterError
+from ..exceptions import ParameterError
 from .steps import Block, GlobalStep, Step
 
 MAX_STEPS = 32

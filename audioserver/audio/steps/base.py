@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ...errors import ParameterError
+from ...exceptions import ParameterError
 
 
 @dataclass(frozen=True)
