@@ -922,7 +922,9 @@ class TaskEngine:
             return
         task.progress_sent = moment
         chunks_done = task.stage_done[number]
-        self.broadcaster.emit(
+        # Like a chunk, never queued for a client that is not reading: it is skipped for it
+        # (the next chunk takes that client off the live stream; progress can be missed).
+        progress = self.broadcaster.prepare(
             "processing_progress",
             {
                 "task_id": task.id,
@@ -935,8 +937,8 @@ class TaskEngine:
                 "duration": task.duration,
                 "elapsed": round(task.elapsed, 3),
             },
-            to=task.room,
         )
+        self.broadcaster.send(progress, to=task.room, max_backlog=self.client_backlog)
 
     def _count_emitted(self, task: Task, meta: dict[str, Any], pcm: bytes) -> None:
         self.observer.chunk_emitted(
