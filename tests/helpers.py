@@ -5,12 +5,17 @@ No audio file is stored in the repository; every test makes what it needs.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
+import os
 import random
 import shlex
+import shutil
+import signal
 import struct
 import subprocess
+import sys
 import threading
 import time
 import wave
@@ -361,6 +366,34 @@ class Recorder:
 
     def events(self, sid: str, task_id: str) -> list[str]:
         return [event for event, data in self.received[sid] if data["task_id"] == task_id]
+
+
+class Gunicorn(ServerProcess):
+    """The documented deployment: gunicorn -c gunicorn.conf.py, settings in the environment."""
+
+    def __init__(self, data_dir: Path, *, threads: int = 20, **settings: Any) -> None:
+        self.environment = {
+            "HOST": "127.0.0.1",
+            "GUNICORN_THREADS": str(threads),
+            "AUDIO_DATA_DIR": str(data_dir),
+            "AUDIO_WORKERS": "2",
+            "AUDIO_LOG_LEVEL": "WARNING",
+            **{f"AUDIO_{name.upper()}": str(value) for name, value in settings.items()},
+        }
+        super().__init__(data_dir)
+
+    def command(self, settings: dict[str, Any]) -> list[str]:
+        gunicorn = shutil.which("gunicorn", path=str(Path(sys.executable).parent))
+        return [gunicorn, "-c", "gunicorn.conf.py", "audioserver.wsgi:app"]
+
+    def popen_options(self) -> dict[str, Any]:
+        env = {**os.environ, **self.environment, "PORT": str(self.port)}
+        return {"cwd": ROOT, "env": env, "start_new_session": True}
+
+    def close(self) -> None:
+        super().close()
+        with contextlib.suppress(ProcessLookupError):  # a worker the master left behind
+            os.killpg(self.process.pid, signal.SIGKILL)
 
 
 # -- steps that exist only in tests (registered by the test_steps fixture) -----------

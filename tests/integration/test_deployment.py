@@ -2,41 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
 import signal
-import sys
-from pathlib import Path
-from typing import Any
 
 import pytest
 import requests
-from helpers import ROOT, ServerProcess, wav_pcm
-
-
-class Gunicorn(ServerProcess):
-    """gunicorn -c gunicorn.conf.py audioserver.wsgi:app, on a free port."""
-
-    def command(self, settings: dict[str, Any]) -> list[str]:
-        return [
-            shutil.which("gunicorn", path=str(Path(sys.executable).parent)),
-            "-c", "gunicorn.conf.py", "audioserver.wsgi:app",
-        ]  # fmt: skip
-
-    def popen_options(self) -> dict[str, Any]:
-        env = {
-            **os.environ, "HOST": "127.0.0.1", "PORT": str(self.port), "GUNICORN_THREADS": "20",
-            "AUDIO_DATA_DIR": str(self.data_dir), "AUDIO_WORKERS": "2",
-            "AUDIO_LOG_LEVEL": "WARNING",
-        }  # fmt: skip
-        # Its own process group: close() ends the worker too.
-        return {"cwd": ROOT, "env": env, "start_new_session": True}
-
-    def close(self) -> None:
-        super().close()
-        with contextlib.suppress(ProcessLookupError):  # a worker the master left behind
-            os.killpg(self.process.pid, signal.SIGKILL)
+from helpers import Gunicorn, wav_pcm
 
 
 @pytest.fixture

@@ -16,7 +16,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Any
 
 import pytest
 import requests
-from helpers import ROOT, Count, ServerProcess, ffmpeg_make, free_port, music, write_wav
+from helpers import ROOT, Count, Gunicorn, ServerProcess, ffmpeg_make, free_port, music, write_wav
 from urllib3 import encode_multipart_formdata
 
 CONNECTIONS = 1100  # idle connections: past select()'s 1,024 descriptors
@@ -119,34 +118,6 @@ class LowLimitServer(ServerProcess):
             resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
 
         return {"preexec_fn": low_limit}
-
-
-class Gunicorn(ServerProcess):
-    """The documented deployment: gunicorn -c gunicorn.conf.py, settings in the environment."""
-
-    def __init__(self, data_dir: Path, *, threads: int = 20, **settings: Any) -> None:
-        self.environment = {
-            "HOST": "127.0.0.1",
-            "GUNICORN_THREADS": str(threads),
-            "AUDIO_DATA_DIR": str(data_dir),
-            "AUDIO_WORKERS": "2",
-            "AUDIO_LOG_LEVEL": "WARNING",
-            **{f"AUDIO_{name.upper()}": str(value) for name, value in settings.items()},
-        }
-        super().__init__(data_dir)
-
-    def command(self, settings: dict[str, Any]) -> list[str]:
-        gunicorn = shutil.which("gunicorn", path=str(Path(sys.executable).parent))
-        return [gunicorn, "-c", "gunicorn.conf.py", "audioserver.wsgi:app"]
-
-    def popen_options(self) -> dict[str, Any]:
-        env = {**os.environ, **self.environment, "PORT": str(self.port)}
-        return {"cwd": ROOT, "env": env, "start_new_session": True}
-
-    def close(self) -> None:
-        super().close()
-        with contextlib.suppress(ProcessLookupError):  # a worker the master left behind
-            os.killpg(self.process.pid, signal.SIGKILL)
 
 
 @pytest.fixture
