@@ -81,3 +81,17 @@ export function plain(value) {
   const text = String(Number(Number(value).toPrecision(6)));
   return text.startsWith("-") ? MINUS + text.slice(1) : text;
 }
+
+/**
+ * The page's colours from its CSS custom properties: {key: ["--property", fallback]}
+ * gives {key: colour}, so a canvas draws in the style sheet's colours.
+ */
+export function cssColors(properties) {
+  const style = getComputedStyle(document.documentElement);
+  return Object.fromEntries(
+    Object.entries(properties).map(([key, [name, fallback]]) => [
+      key,
+      style.getPropertyValue(name).trim() || fallback,
+    ]),
+  );
+}

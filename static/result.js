@@ -6,7 +6,7 @@
 // peaks.js (with Konva and waveform-data inside its bundle) is served by the server
 // from npm, like the Socket.IO client; without it the result keeps its plain player.
 
-import { clock } from "./format.js";
+import { clock, cssColors } from "./format.js";
 
 export class ResultView {
   /**
@@ -163,14 +163,12 @@ function zoomLevels(json, width) {
 }
 
 function palette() {
-  const style = getComputedStyle(document.documentElement);
-  const read = (name, fallback) => style.getPropertyValue(name).trim() || fallback;
-  return {
-    wave: read("--wave", "#4cc2ff"),
-    dim: read("--wave-dim", "#2b7aa6"),
-    played: read("--wave-played", "#8fd8ff"),
-    playhead: read("--playhead", "#ffd166"),
-    grid: read("--scope-grid", "#232a35"),
-    label: read("--scope-label", "#8d97a6"),
-  };
+  return cssColors({
+    wave: ["--wave", "#4cc2ff"],
+    dim: ["--wave-dim", "#2b7aa6"],
+    played: ["--wave-played", "#8fd8ff"],
+    playhead: ["--playhead", "#ffd166"],
+    grid: ["--scope-grid", "#232a35"],
+    label: ["--scope-label", "#8d97a6"],
+  });
 }

@@ -2,7 +2,7 @@
 // a spectrum analyser and peak/RMS meters, all drawn on canvases from the chunks'
 // analysis (waveform pairs, 64 spectrum bands, peak_db, rms_db).
 
-import { clock, frequency, level } from "./format.js";
+import { clock, cssColors, frequency, level } from "./format.js";
 
 const PAIRS_PER_SECOND = 100; // the server's waveform resolution
 const WINDOW_SECONDS = 12; // the main waveform view while it scrolls
@@ -10,21 +10,19 @@ const SPECTRUM_FLOOR = -96;
 const METER_FLOOR = -60;
 
 function palette() {
-  const style = getComputedStyle(document.documentElement);
-  const read = (name, fallback) => style.getPropertyValue(name).trim() || fallback;
-  return {
-    background: read("--scope-bg", "#0b0e13"),
-    grid: read("--scope-grid", "#232a35"),
-    label: read("--scope-label", "#8d97a6"),
-    wave: read("--wave", "#4cc2ff"),
-    waveDim: read("--wave-dim", "#2b6f93"),
-    pending: read("--scope-pending", "#141922"),
-    playhead: read("--playhead", "#ffd166"),
-    writehead: read("--writehead", "#ff9f43"),
-    green: read("--meter-green", "#3ddc84"),
-    amber: read("--meter-amber", "#ffc53d"),
-    red: read("--meter-red", "#ff5c5c"),
-  };
+  return cssColors({
+    background: ["--scope-bg", "#0b0e13"],
+    grid: ["--scope-grid", "#232a35"],
+    label: ["--scope-label", "#8d97a6"],
+    wave: ["--wave", "#4cc2ff"],
+    waveDim: ["--wave-dim", "#2b6f93"],
+    pending: ["--scope-pending", "#141922"],
+    playhead: ["--playhead", "#ffd166"],
+    writehead: ["--writehead", "#ff9f43"],
+    green: ["--meter-green", "#3ddc84"],
+    amber: ["--meter-amber", "#ffc53d"],
+    red: ["--meter-red", "#ff5c5c"],
+  });
 }
 
 /** Size a canvas's bitmap to its CSS box times the pixel ratio; true if it changed. */

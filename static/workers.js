@@ -9,18 +9,18 @@
 // chunk's time; the pool needed the span from the first start to the last end: their
 // ratio is the speed-up it measured over one worker.
 
+import { cssColors } from "./format.js";
+
 const PALETTE = ["#4cc2ff", "#3ddc84", "#ffc53d", "#ff9f43", "#c792ea", "#ff6b9a", "#7fdbca"];
 const LANE_MIN_PX = 16;
 
 function palette() {
-  const style = getComputedStyle(document.documentElement);
-  const read = (name, fallback) => style.getPropertyValue(name).trim() || fallback;
-  return {
-    background: read("--scope-bg", "#0b0e13"),
-    grid: read("--scope-grid", "#232a35"),
-    label: read("--scope-label", "#8d97a6"),
-    lane: read("--scope-pending", "#131820"),
-  };
+  return cssColors({
+    background: ["--scope-bg", "#0b0e13"],
+    grid: ["--scope-grid", "#232a35"],
+    label: ["--scope-label", "#8d97a6"],
+    lane: ["--scope-pending", "#131820"],
+  });
 }
 
 /** A name's position among the pool's workers: "worker_3" is 3, others after them. */
