@@ -20,7 +20,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     from . import config, errors, events, jsonio, page, routes, security
     from .audio.ffmpeg import configure_pydub, find_ffmpeg
     from .closing import CloseWhenDropped
-    from .events import SocketBroadcaster, register_handlers
+    from .events import SocketPublisher, register_handlers
     from .metrics import Metrics
     from .tasks import TaskEngine
 
@@ -55,10 +55,10 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     security.guard_hosts(
         app, security.HostPolicy(app.config["ALLOWED_HOSTS"], bound=app.config["HOST"])
     )
-    broadcaster = SocketBroadcaster(socketio)
-    app.extensions["audio_broadcaster"] = broadcaster
+    publisher = SocketPublisher(socketio)
+    app.extensions["audio_publisher"] = publisher
     engine = TaskEngine.from_config(
-        app.config, data_dir=data_dir, ffmpeg=ffmpeg, broadcaster=broadcaster, observer=metrics
+        app.config, data_dir=data_dir, ffmpeg=ffmpeg, publisher=publisher, observer=metrics
     )
     metrics.watch_engine(engine.health)
     app.extensions["audio_engine"] = engine

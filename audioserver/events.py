@@ -1,5 +1,5 @@
 """Socket.IO: the client events (subscribe, unsubscribe, stop), the guard in front of them,
-and the engine's broadcaster.
+and the publisher that sends the engine's events to clients.
 
 Clients send only small JSON events (the contract has no binary data from
 clients). Everything else a client might send is refused before
@@ -253,8 +253,8 @@ def guard_protocol(socketio: SocketIO) -> ProtocolGuard:
     return guard
 
 
-class SocketBroadcaster:
-    """Sends the engine's events through Socket.IO, each message's packets kept together.
+class SocketPublisher:
+    """Sends the engine's events to clients through Socket.IO, each message's packets together.
 
     A binary event goes out as several Engine.IO packets (the JSON part, then
     each attachment). python-socketio queues them one by one, so two threads
@@ -263,7 +263,6 @@ class SocketBroadcaster:
     """
 
     def __init__(self, socketio: SocketIO) -> None:
-        self._socketio = socketio
         self._server = socketio.server  # type: ignore[attr-defined]  # as in guard_protocol
         self._lock = threading.RLock()
         send_packet = self._server._send_packet
@@ -274,36 +273,22 @@ class SocketBroadcaster:
 
         self._server._send_packet = locked_send_packet
 
-    def emit(self, event: str, data: dict[str, Any], *, to: str) -> None:
-        with self._lock:
-            self._socketio.emit(event, data, to=to, namespace=NAMESPACE)
-
-    def prepare(self, event: str, data: dict[str, Any]) -> list[eio_packet.Packet]:
-        """Encode an event once, ahead of sending (JSON and binary attachments)."""
+    def encode(self, event: str, data: dict[str, Any]) -> list[eio_packet.Packet]:
+        """Encode an event once, for any number of clients (JSON and binary attachments)."""
         encoded = self._server.packet_class(
             sio_packet.EVENT, namespace=NAMESPACE, data=[event, data]
         ).encode()
         pieces = encoded if isinstance(encoded, list) else [encoded]
         return [eio_packet.Packet(eio_packet.MESSAGE, piece) for piece in pieces]
 
-    def send(
-        self, prepared: list[eio_packet.Packet], *, to: str, max_backlog: int | None = None
-    ) -> list[str]:
-        """Queue a prepared event for a room or a client; it never waits.
-
-        Clients that already have more than max_backlog packets waiting (they
-        read slower than the task produces) are skipped and returned, so the
-        caller can serve them at their own pace instead of buffering for them.
-        """
-        lagging = []
+    def send(self, sid: str, packet: list[eio_packet.Packet]) -> None:
+        """Queue an encoded event for a client; it never waits (nothing if it is gone)."""
+        eio_sid = self._server.manager.eio_sid_from_sid(sid, NAMESPACE)
+        if eio_sid is None:
+            return
         with self._lock:
-            for sid, eio_sid in self._server.manager.get_participants(NAMESPACE, to):
-                if max_backlog is not None and (self._queued(eio_sid) or 0) > max_backlog:
-                    lagging.append(sid)
-                    continue
-                for piece in prepared:
-                    self._server.eio.send_packet(eio_sid, piece)
-        return lagging
+            for piece in packet:
+                self._server.eio.send_packet(eio_sid, piece)
 
     def drain(self, *, timeout: float) -> None:
         """Wait until every client's queued packets are written (at most timeout seconds)."""
@@ -316,20 +301,13 @@ class SocketBroadcaster:
 
     def backlog(self, sid: str) -> int | None:
         """Packets waiting to be written to a client; None if it is not connected."""
+        if not self.is_connected(sid):
+            return None
         eio_sid = self._server.manager.eio_sid_from_sid(sid, NAMESPACE)
-        return None if eio_sid is None else self._queued(eio_sid)
-
-    def _queued(self, eio_sid: str) -> int | None:
         # python-engineio keeps one unbounded queue per client; its length is the
         # only sign that a client reads slower than we write.
         socket = self._server.eio.sockets.get(eio_sid)
         return None if socket is None or socket.closed else socket.queue.qsize()
-
-    def join(self, sid: str, room: str) -> None:
-        self._server.enter_room(sid, room, namespace=NAMESPACE)
-
-    def leave(self, sid: str, room: str) -> None:
-        self._server.leave_room(sid, room, namespace=NAMESPACE)
 
     def is_connected(self, sid: str) -> bool:
         connected: bool = isinstance(sid, str) and self._server.manager.is_connected(sid, NAMESPACE)
@@ -406,6 +384,7 @@ def register_handlers(socketio: SocketIO, engine: TaskEngine) -> None:
     @socketio.on("disconnect")
     def disconnect(reason: Any = None) -> None:
         logger.info("client %s disconnected (%s)", _request_sid(), reason)
+        engine.disconnected(_request_sid())
 
     @socketio.on("subscribe")
     def subscribe(*args: Any) -> dict[str, Any]:

@@ -33,7 +33,8 @@ from .audio.encoders import FORMATS
 from .audio.ffmpeg import find_ffmpeg
 from .exceptions import AudioServerError
 from .routes import upload_options
-from .tasks import NullBroadcaster, Task, TaskEngine, TaskOptions
+from .run import NullObserver
+from .tasks import Task, TaskEngine, TaskOptions
 
 EXIT_INTERRUPTED = 130  # the shell's own code for a command ended by Ctrl-C
 REDRAW_SECONDS = 0.2
@@ -129,13 +130,13 @@ class Run:
         return self.path.name
 
 
-class Endings(NullBroadcaster):
-    """A broadcaster with no clients that wakes the command whenever a task sends an event."""
+class Endings(NullObserver):
+    """An observer that wakes the command whenever a task ends."""
 
     def __init__(self) -> None:
         self.changed = threading.Event()
 
-    def emit(self, event: str, data: dict[str, Any], *, to: str) -> None:
+    def task_ended(self, outcome: str) -> None:
         self.changed.set()
 
 
@@ -210,7 +211,7 @@ def make_engine(folder: Path, *, workers: int | None, tasks: int, events: Ending
         settings,
         data_dir=folder,
         ffmpeg=ffmpeg,
-        broadcaster=events,
+        observer=events,
         max_queued=tasks,  # every file waits for its turn
         sweep_seconds=0,  # nothing outlives the command
     )

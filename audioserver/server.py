@@ -125,7 +125,7 @@ def stop_on_sigterm(app: Flask) -> None:
         app.extensions["uploads"].close()  # uploads in progress end, their .part files go
         app.extensions["audio_engine"].shutdown(timeout=3.0)
         app.extensions["socketio"].server.eio.logger.disabled = True  # no noise while closing
-        app.extensions["audio_broadcaster"].drain(timeout=1.0)
+        app.extensions["audio_publisher"].drain(timeout=1.0)
         logger.info("stopped; exiting")
         raise SystemExit(0)  # out of the server's loop, in the main thread
 

@@ -23,6 +23,7 @@ from .audio.decode import AudioInfo, Decoder
 from .audio.encoders import StreamEncoder
 from .audio.meter import ChunkMeasure, OutputMeter
 from .audio.pipeline import Pipeline, Stage
+from .chunklog import FileChunkLog
 from .storage import ChunkStore
 
 logger = logging.getLogger("audioserver.tasks")
@@ -53,12 +54,11 @@ class TaskOptions:
 
 @dataclass(frozen=True)
 class ChunkOutput:
-    """A processed chunk waiting for its turn to be emitted, its event already encoded."""
+    """A processed chunk waiting for its turn to be emitted."""
 
     meta: dict[str, Any]
     pcm: bytes
     measure: ChunkMeasure
-    event: Any
     ends_job: bool = True  # the last chunk of its job: emitting it frees the job's window slot
 
 
@@ -212,7 +212,6 @@ class Task:
         self.error: dict[str, str] | None = None
         self.summary: dict[str, Any] | None = None
         self.warnings: list[dict[str, str]] = []
-        self.terminal: tuple[str, dict[str, Any]] | None = None
         self.duration = info.duration
         self.log = logging.LoggerAdapter(logger, {"task_id": task_id})
         # Everything below is guarded by self.lock.
@@ -230,7 +229,6 @@ class Task:
         self.meter = OutputMeter(sample_rate=stages[-1].output_rate)
         self.measures: list[ChunkMeasure] = []
         self.output_frames = 0
-        self.replays: dict[str, int] = {}
         self.deleted = False
         self.runner_done = False
         self.retired = threading.Event()  # set when no thread of the task touches its files
@@ -241,6 +239,12 @@ class Task:
         self.store = ChunkStore(
             folder, sample_rate=last.output_rate, channels=last.output_channels, existing=existing
         )
+        self.chunk_log = FileChunkLog(self.store)
+
+    @property
+    def terminal(self) -> tuple[str, dict[str, Any]] | None:
+        """The task's terminal event (name, data), once it has ended."""
+        return self.chunk_log.terminal
 
     def snapshot(self, *, workers: int) -> dict[str, Any]:
         """Return what a finished task needs to be served again after a restart."""
@@ -281,7 +285,9 @@ class Task:
         task.duration = described["duration"]
         task.next_index = task.chunks_final = len(task.store)
         task.work_done = len(task.store) * len(stages)
-        task.terminal = tuple(snapshot["terminal"]) if snapshot["terminal"] else None
+        if snapshot["terminal"]:
+            event, data = snapshot["terminal"]
+            task.chunk_log.end(event, data)
         task.result_path = folder / snapshot["result"] if snapshot["result"] else None
         task.result_error = snapshot["result_error"]
         task.stopping.set()

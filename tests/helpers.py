@@ -293,13 +293,12 @@ class Listener:
 
 
 class Recorder:
-    """A broadcaster for engine tests: records what each client would get (rooms as Socket.IO)."""
+    """A publisher for engine tests: records what each client would get, in order."""
 
     def __init__(self) -> None:
-        self.rooms: dict[str, set[str]] = {}
         self.connected: set[str] = set()
         self.received: dict[str, list[tuple[str, dict[str, Any]]]] = {}
-        self.prepared: list[tuple[str, dict[str, Any]]] = []  # every event a worker encoded
+        self.prepared: list[tuple[str, dict[str, Any]]] = []  # every event encoded
         self._condition = threading.Condition()
 
     def connect(self, sid: str) -> str:
@@ -308,37 +307,27 @@ class Recorder:
             self.received[sid] = []
         return sid
 
-    def emit(self, event: str, data: dict[str, Any], *, to: str) -> None:
+    def disconnect(self, sid: str) -> None:
         with self._condition:
-            members = self.rooms.get(to, set()) | ({to} & self.connected)
-            for sid in members:
-                self.received[sid].append((event, data))
+            self.connected.discard(sid)
+
+    def emit(self, event: str, data: dict[str, Any], *, to: str) -> None:
+        """What a client gets: one event."""
+        with self._condition:
+            if to in self.connected:
+                self.received[to].append((event, data))
             self._condition.notify_all()
 
-    def prepare(self, event: str, data: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    def encode(self, event: str, data: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         with self._condition:
             self.prepared.append((event, data))
         return event, data
 
-    def send(
-        self, prepared: tuple[str, dict[str, Any]], *, to: str, max_backlog: int | None = None
-    ) -> list[str]:
-        self.emit(*prepared, to=to)
-        return []
+    def send(self, sid: str, packet: tuple[str, dict[str, Any]]) -> None:
+        self.emit(*packet, to=sid)
 
     def backlog(self, sid: str) -> int | None:
-        return None
-
-    def join(self, sid: str, room: str) -> None:
-        with self._condition:
-            self.rooms.setdefault(room, set()).add(sid)
-
-    def leave(self, sid: str, room: str) -> None:
-        with self._condition:
-            self.rooms.get(room, set()).discard(sid)
-
-    def is_connected(self, sid: str) -> bool:
-        return sid in self.connected
+        return 0 if sid in self.connected else None
 
     def resolve(self, sid: str) -> str | None:
         return sid if sid in self.connected else None

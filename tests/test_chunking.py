@@ -161,9 +161,9 @@ class RecordingQueue(FairQueue):
 
 def test_the_engine_hands_pydub_segments_to_its_pool(tmp_path, ffmpeg, signal):
     engine = TaskEngine(data_dir=tmp_path / "data", ffmpeg=ffmpeg, workers=2)
-    engine._fair = pool = RecordingQueue()  # what the pool's workers take their jobs from
+    engine.runner.fair = pool = RecordingQueue()  # what the pool's workers take their jobs from
     recorder = Recorder()
-    engine.broadcaster = recorder
+    engine.publisher = recorder
     sid = recorder.connect("client")
     upload = tmp_path / "upload.wav"
     shutil.copy(write_wav(tmp_path / "a.wav", signal, RATE), upload)

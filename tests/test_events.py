@@ -10,7 +10,7 @@ from socketio import packet
 def test_a_binary_event_cannot_be_split_by_another_send(live_server, listen):
     listener = listen(live_server.url)
     socketio = live_server.app.extensions["socketio"]
-    broadcaster = live_server.engine.broadcaster
+    publisher = live_server.engine.publisher
     server = socketio.server
     sent: list[str] = []
     header_sent, resume = threading.Event(), threading.Event()
@@ -27,9 +27,8 @@ def test_a_binary_event_cannot_be_split_by_another_send(live_server, listen):
     server.eio.send_packet = recording_send_packet
     try:
         sid = listener.sid
-        emitter = threading.Thread(
-            target=broadcaster.emit, args=("probe", {"audio": b"\x00\x01"}), kwargs={"to": sid}
-        )
+        probe = publisher.encode("probe", {"audio": b"\x00\x01"})
+        emitter = threading.Thread(target=publisher.send, args=(sid, probe))
         emitter.start()
         assert header_sent.wait(10), sent
         eio_sid = server.manager.eio_sid_from_sid(sid, "/")

@@ -64,7 +64,7 @@ def recorder() -> ClockedRecorder:
 @pytest.fixture
 def engine(tmp_path, ffmpeg, recorder) -> Iterator[TaskEngine]:
     Step.registry[Slow.name] = Slow
-    engine = TaskEngine(data_dir=tmp_path / "data", ffmpeg=ffmpeg, workers=2, broadcaster=recorder)
+    engine = TaskEngine(data_dir=tmp_path / "data", ffmpeg=ffmpeg, workers=2, publisher=recorder)
     yield engine
     engine.shutdown()
     Step.registry.pop(Slow.name, None)

@@ -88,7 +88,7 @@ class Runner:
             for workers in range(1, 5)
         }
         for engine in self.engines.values():
-            engine.broadcaster = self.recorder
+            engine.publisher = self.recorder
         self.names = itertools.count()
 
     def run(self, source, spec: str, *, chunk_seconds: float, workers: int) -> np.ndarray:

@@ -36,7 +36,7 @@ def source(tmp_path_factory):
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory):
     engine = TaskEngine(data_dir=tmp_path_factory.mktemp("data"), ffmpeg=find_ffmpeg(), workers=2)
-    engine.broadcaster = Recorder()
+    engine.publisher = Recorder()
     yield engine
     engine.shutdown()
 
@@ -49,7 +49,7 @@ def load(path) -> AudioSegment:
 
 def server_result(engine, tmp_path, source, spec, chunk_seconds):
     """Run a file through the engine; return its result WAV, summary and streamed chunks."""
-    recorder = engine.broadcaster
+    recorder = engine.publisher
     sid = recorder.connect(f"client-{tmp_path.name}")
     upload = tmp_path / "upload"
     shutil.copy(source, upload)

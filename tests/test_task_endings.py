@@ -38,7 +38,7 @@ def engine(tmp_path_factory, ffmpeg):
         ffmpeg=ffmpeg,
         workers=2,
         stall_seconds=10.0,
-        broadcaster=recorder,
+        publisher=recorder,
     )
     yield engine, recorder
     engine.shutdown()

@@ -41,7 +41,7 @@ def make_engine(tmp_path, ffmpeg, recorder):
         engine = TaskEngine(
             data_dir=tmp_path / f"data{len(engines)}",
             ffmpeg=ffmpeg,
-            broadcaster=recorder,
+            publisher=recorder,
             **settings,
         )
         engines.append(engine)
@@ -191,8 +191,9 @@ def test_work_finished_after_a_stop_is_dropped_at_the_worker(
     Count.gate.set()  # ...and finish after it
     task.jobs.wait_idle()
     assert Count.processed == 2
-    # Neither was analysed, encoded, stored or emitted.
-    assert [event for event, data in recorder.prepared if data["task_id"] == task.id] == []
+    # Neither was analysed, encoded, stored or emitted (the stop's own event aside).
+    encoded = [event for event, data in recorder.prepared if data["task_id"] == task.id]
+    assert encoded == ["processing_stopped"]
     assert len(task.store) == 0 and task.measures == []
     assert recorder.events(sid, task.id) == ["processing_stopped"]
 

@@ -316,7 +316,7 @@ def test_a_client_that_stops_reading_is_served_at_its_own_pace(make_server, list
         assert server.engine.get(slow_task).retired.wait(60)
         # ... and the server holds only a few chunks for the slow one (8 packets, plus the
         # chunk that crossed the line; an audio chunk is 2 packets).
-        assert server.engine.broadcaster.backlog(slow.sid) <= 8 + 2
+        assert server.engine.publisher.backlog(slow.sid) <= 8 + 2
     finally:
         reading.set()  # it reads again: it gets every chunk, in order, once
     assert slow.wait_end(slow_task, timeout=60)[0] == "processing_complete"

@@ -1,0 +1,313 @@
+"""Delivery: each subscriber reads its task's chunk log from its own cursor.
+
+A subscriber is (client, task, cursor). Its thread sends what the log holds
+from the cursor on, waits on the log once it has caught up, pauses while the
+client's transport backlog is full (a slow client is served at its own
+pace, and nothing waits in memory for it), and ends with the terminal
+event. ``subscribe`` with ``from_index`` creates the cursor, or moves it.
+Live and replay are the same loop: there is no hand-over between the two,
+so nothing can fall between them, and no chunk is sent twice.
+
+Each chunk is encoded once however many cursors send it (a small per-task
+cache); ``processing_progress`` goes to the cursors that have caught up.
+
+``Publisher`` is the seam to the clients' transport: how one packet reaches
+one client. ``SocketPublisher`` (events.py) is Socket.IO's.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .chunklog import LogClosed
+from .task import INTERNAL_META, Task
+
+logger = logging.getLogger("audioserver.delivery")
+
+WAKE_SECONDS = 1.0  # a waiting cursor looks at its client at least this often
+PACKETS_CACHED = 32  # encoded chunks kept per task, for cursors reading the same place
+BACKLOG_POLL_SECONDS = 0.02  # python-engineio has no "queue drained" signal to wait on
+
+
+class Publisher(Protocol):
+    """How one packet reaches one client (Socket.IO, or a recorder in tests)."""
+
+    def encode(self, event: str, data: dict[str, Any]) -> Any:
+        """Encode an event once, for sending to any number of clients."""
+        ...
+
+    def send(self, sid: str, packet: Any) -> None:
+        """Queue an encoded event for a client; never waits for the client."""
+        ...
+
+    def backlog(self, sid: str) -> int | None:
+        """Packets waiting to be written to a client; None once it is gone."""
+        ...
+
+    def resolve(self, sid: str) -> str | None:
+        """The id of a connected client given an id it goes by; None if not connected."""
+        ...
+
+
+class NullPublisher:
+    """A publisher with no clients."""
+
+    def encode(self, event: str, data: dict[str, Any]) -> Any:
+        return None
+
+    def send(self, sid: str, packet: Any) -> None:
+        pass
+
+    def backlog(self, sid: str) -> int | None:
+        return None
+
+    def resolve(self, sid: str) -> str | None:
+        return None
+
+
+def chunk_payload(task: Task, meta: dict[str, Any], pcm: bytes) -> dict[str, Any]:
+    """The audio_chunk event's data for a chunk (chunks_total: the best estimate now)."""
+    payload = {key: value for key, value in meta.items() if key not in INTERNAL_META}
+    payload["chunks_total"] = task.chunks_total
+    if task.options.stream_audio:
+        payload["audio"] = pcm
+    return payload
+
+
+@dataclass(eq=False)
+class Cursor:
+    """One client's place in one task's log."""
+
+    sid: str
+    position: int
+    moves: int = 0  # bumped when subscribe moves the cursor (a send in flight is dropped)
+    cancelled: bool = False
+    finished: bool = False  # the terminal event was sent
+
+
+@dataclass(eq=False)
+class Feed:
+    """A task's cursors and its recently encoded chunks."""
+
+    task: Task
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    encoding: threading.Lock = field(default_factory=threading.Lock)
+    cursors: dict[str, Cursor] = field(default_factory=dict)
+    packets: OrderedDict[int, Any] = field(default_factory=OrderedDict)
+    terminal: Any = None
+
+
+class Delivery:
+    """Every subscriber of every task, each served by a thread from its own cursor."""
+
+    def __init__(
+        self,
+        publisher: Publisher,
+        *,
+        client_backlog: int,
+        start: Callable[[str, Callable[[], None]], None] | None = None,
+    ) -> None:
+        self.publisher = publisher
+        self.client_backlog = client_backlog
+        self._start = start or _thread
+        self._lock = threading.Lock()
+        self._feeds: dict[str, Feed] = {}
+
+    def _feed(self, task: Task) -> Feed:
+        with self._lock:
+            feed = self._feeds.get(task.id)
+            if feed is None:
+                feed = self._feeds[task.id] = Feed(task)
+            return feed
+
+    def subscribe(self, task: Task, sid: str, *, from_index: int = 0) -> None:
+        """Send a client every chunk from from_index on, then the rest as it comes, then the end."""
+        feed = self._feed(task)
+        with feed.lock:
+            cursor = feed.cursors.get(sid)
+            if cursor is not None and not cursor.cancelled and not cursor.finished:
+                cursor.position = from_index
+                cursor.moves += 1
+                moved = True
+            else:
+                cursor = feed.cursors[sid] = Cursor(sid, from_index)
+                moved = False
+        if moved:
+            task.chunk_log.wake()
+        else:
+            self._start(f"deliver-{task.id[:8]}", lambda: self._serve(feed, cursor))
+
+    def unsubscribe(self, task: Task, sid: str) -> None:
+        """Send a client nothing more of a task."""
+        feed = self._feed(task)
+        with feed.lock:
+            cursor = feed.cursors.pop(sid, None)
+            if cursor is not None:
+                cursor.cancelled = True
+        task.chunk_log.wake()
+
+    def drop_client(self, sid: str) -> None:
+        """A client went away: end its cursors."""
+        with self._lock:
+            feeds = list(self._feeds.values())
+        for feed in feeds:
+            with feed.lock:
+                cursor = feed.cursors.pop(sid, None)
+                if cursor is None:
+                    continue
+                cursor.cancelled = True
+            feed.task.chunk_log.wake()
+
+    def forget(self, task: Task) -> None:
+        """A task was deleted: its cursors end (its log is closed)."""
+        with self._lock:
+            feed = self._feeds.pop(task.id, None)
+        if feed is not None:
+            with feed.lock:
+                for cursor in feed.cursors.values():
+                    cursor.cancelled = True
+                feed.cursors.clear()
+                feed.packets.clear()
+
+    def subscribers(self, task: Task) -> int:
+        feed = self._feed(task)
+        with feed.lock:
+            return len(feed.cursors)
+
+    def progress(self, task: Task, data: dict[str, Any]) -> None:
+        """Send processing_progress to the subscribers that have every chunk so far.
+
+        Like a chunk, it is never queued for a client that is not reading: a
+        client behind the log, or with a full backlog, skips it.
+        """
+        with self._lock:
+            feed = self._feeds.get(task.id)
+        if feed is None:
+            return
+        length = len(task.chunk_log)
+        packet: Any = None
+        with feed.lock:
+            for cursor in feed.cursors.values():
+                if cursor.cancelled or cursor.finished or cursor.position != length:
+                    continue
+                backlog = self.publisher.backlog(cursor.sid)
+                if backlog is not None and backlog > self.client_backlog:
+                    continue
+                if packet is None:
+                    packet = self.publisher.encode("processing_progress", data)
+                self.publisher.send(cursor.sid, packet)
+
+    def ended(self, task: Task) -> None:
+        """The task's log has just ended: send the terminal event to every caught-up cursor.
+
+        Sent here, in the thread that ended the task (a stop's, say), so a
+        client that has every chunk has the end before that thread goes on; a
+        cursor still behind sends it itself after its last chunk.
+        """
+        with self._lock:
+            feed = self._feeds.get(task.id)
+        terminal = task.chunk_log.terminal
+        if feed is None or terminal is None:
+            return
+        length = len(task.chunk_log)
+        with feed.lock:
+            for cursor in list(feed.cursors.values()):
+                if cursor.cancelled or cursor.finished or cursor.position != length:
+                    continue
+                self._send_terminal(feed, cursor, terminal)
+        task.chunk_log.wake()
+
+    def _send_terminal(self, feed: Feed, cursor: Cursor, terminal: tuple[str, Any]) -> None:
+        """Send the end to a cursor and retire it (called with feed.lock held)."""
+        if feed.terminal is None:
+            feed.terminal = self.publisher.encode(*terminal)
+        self.publisher.send(cursor.sid, feed.terminal)
+        cursor.finished = True
+        if feed.cursors.get(cursor.sid) is cursor:
+            del feed.cursors[cursor.sid]
+
+    # -- one cursor's thread ------------------------------------------------------------
+
+    def _serve(self, feed: Feed, cursor: Cursor) -> None:
+        try:
+            self._follow(feed, cursor)
+        except LogClosed:
+            pass  # the task was deleted while the cursor read it
+        finally:
+            with feed.lock:
+                if feed.cursors.get(cursor.sid) is cursor and not cursor.finished:
+                    del feed.cursors[cursor.sid]
+                cursor.cancelled = True
+
+    def _follow(self, feed: Feed, cursor: Cursor) -> None:
+        log = feed.task.chunk_log
+        while True:
+            with feed.lock:
+                if cursor.cancelled or cursor.finished:
+                    return
+                position, moves = cursor.position, cursor.moves
+            if position < len(log):
+                if not self._writable(cursor):
+                    return
+                packet = self._chunk_packet(feed, position)
+                with feed.lock:
+                    if cursor.cancelled or cursor.finished:
+                        return
+                    if cursor.moves == moves:
+                        self.publisher.send(cursor.sid, packet)
+                        cursor.position = position + 1
+                continue
+            terminal = log.terminal
+            if terminal is not None:
+                with feed.lock:
+                    if cursor.finished or cursor.cancelled:
+                        return
+                    if cursor.moves != moves:
+                        continue
+                    self._send_terminal(feed, cursor, terminal)
+                return
+            if log.closed:
+                return
+            if not log.wait(position, timeout=WAKE_SECONDS) and (
+                self.publisher.backlog(cursor.sid) is None
+            ):
+                return  # the client went away while the task had nothing new
+
+    def _chunk_packet(self, feed: Feed, index: int) -> Any:
+        """Chunk index, encoded once for every cursor that sends it."""
+        with feed.encoding:
+            packet = feed.packets.get(index)
+            if packet is None:
+                meta, pcm = feed.task.chunk_log.read(index)
+                packet = self.publisher.encode("audio_chunk", chunk_payload(feed.task, meta, pcm))
+                feed.packets[index] = packet
+                if len(feed.packets) > PACKETS_CACHED:
+                    feed.packets.popitem(last=False)
+            return packet
+
+    def _writable(self, cursor: Cursor) -> bool:
+        """Wait until a client has room for more (False if it went away or was unsubscribed)."""
+        backlog = self.publisher.backlog(cursor.sid)
+        if backlog is None:
+            return False
+        if backlog <= self.client_backlog:
+            return True
+        logger.info("client %s reads slowly; serving it at its pace", cursor.sid)
+        while not cursor.cancelled:
+            backlog = self.publisher.backlog(cursor.sid)
+            if backlog is None:
+                return False
+            if backlog <= self.client_backlog // 2:
+                return True
+            time.sleep(BACKLOG_POLL_SECONDS)
+        return False
+
+
+def _thread(name: str, target: Callable[[], None]) -> None:
+    threading.Thread(target=target, name=name, daemon=True).start()

@@ -1,0 +1,97 @@
+"""Tiny in-memory stand-ins for the engine's seams (the real ones: chunklog, delivery, run).
+
+``Recorder`` (helpers.py) is the fake ``Publisher``; ``MemoryTaskStore`` is
+itself the in-process ``TaskStore``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from audioserver.chunklog import LogClosed
+from audioserver.task import TaskOptions
+
+
+class MemoryChunkLog:
+    """A ChunkLog in memory; ``hook`` runs after each append and end (for interleavings)."""
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[dict[str, Any], bytes]] = []
+        self._terminal: tuple[str, dict[str, Any]] | None = None
+        self._closed = False
+        self._changed = threading.Condition()
+        self.hook: Callable[[str, int], None] = lambda what, length: None
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    @property
+    def terminal(self) -> tuple[str, dict[str, Any]] | None:
+        return self._terminal
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def append(self, meta: dict[str, Any], pcm: bytes) -> int:
+        with self._changed:
+            self.entries.append((meta, pcm))
+            self._changed.notify_all()
+        self.hook("append", len(self.entries))
+        return len(self.entries) - 1
+
+    def end(self, event: str, data: dict[str, Any]) -> None:
+        with self._changed:
+            self._terminal = (event, data)
+            self._changed.notify_all()
+        self.hook("end", len(self.entries))
+
+    def read(self, index: int) -> tuple[dict[str, Any], bytes]:
+        if self._closed:
+            raise LogClosed("closed")
+        return self.entries[index]
+
+    def read_meta(self, index: int) -> dict[str, Any]:
+        return self.read(index)[0]
+
+    def wait(self, index: int, *, timeout: float) -> bool:
+        with self._changed:
+            return self._changed.wait_for(
+                lambda: len(self.entries) > index or self._terminal is not None or self._closed,
+                timeout,
+            )
+
+    def wake(self) -> None:
+        with self._changed:
+            self._changed.notify_all()
+
+    def finalize(self) -> None:
+        pass
+
+    def close(self) -> None:
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+
+
+@dataclass
+class LogTask:
+    """What Delivery reads of a task: its id, its log, its options and chunk count."""
+
+    id: str
+    chunk_log: MemoryChunkLog = field(default_factory=MemoryChunkLog)
+    options: TaskOptions = field(default_factory=lambda: TaskOptions(pipeline=None))  # type: ignore[arg-type]
+    chunks_total: int | None = None
+
+    def write(self, count: int, *, start: int = 0) -> None:
+        """Append count chunks (their meta says their index; their audio is 4 bytes)."""
+        for index in range(start, start + count):
+            meta = {"task_id": self.id, "index": index, "frames": 1}
+            self.chunk_log.append(meta, index.to_bytes(4, "little"))
+
+    def finish(self, event: str = "processing_complete") -> None:
+        data = {"task_id": self.id, "status": "completed", "chunks_emitted": len(self.chunk_log)}
+        self.chunk_log.end(event, data)
