@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from .storage import ChunkStore
 
-TAIL_CHUNKS = 16  # chunks kept in memory for live cursors (older ones are read from disk)
+TAIL_CHUNKS = 4  # chunks kept in memory for live cursors (older ones are read from disk)
 
 
 class LogClosed(Exception):

@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -31,7 +30,8 @@ from .task import INTERNAL_META, Task
 logger = logging.getLogger("audioserver.delivery")
 
 WAKE_SECONDS = 1.0  # a waiting cursor looks at its client at least this often
-PACKETS_CACHED = 32  # encoded chunks kept per task, for cursors reading the same place
+PACKET_CACHE_BYTES = 4 * 1024 * 1024  # encoded chunks kept per task for cursors that follow
+PACKET_OVERHEAD_BYTES = 4096  # a chunk's analysis, JSON-encoded, about
 BACKLOG_POLL_SECONDS = 0.02  # python-engineio has no "queue drained" signal to wait on
 
 
@@ -92,6 +92,15 @@ class Cursor:
 
 
 @dataclass(eq=False)
+class Cached:
+    """An encoded chunk, and how many cursors will still send it."""
+
+    packet: Any
+    readers: int
+    size: int
+
+
+@dataclass(eq=False)
 class Feed:
     """A task's cursors and its recently encoded chunks."""
 
@@ -99,7 +108,8 @@ class Feed:
     lock: threading.Lock = field(default_factory=threading.Lock)
     encoding: threading.Lock = field(default_factory=threading.Lock)
     cursors: dict[str, Cursor] = field(default_factory=dict)
-    packets: OrderedDict[int, Any] = field(default_factory=OrderedDict)
+    packets: dict[int, Cached] = field(default_factory=dict)
+    cached_bytes: int = 0
     terminal: Any = None
 
 
@@ -280,15 +290,40 @@ class Delivery:
                 return  # the client went away while the task had nothing new
 
     def _chunk_packet(self, feed: Feed, index: int) -> Any:
-        """Chunk index, encoded once for every cursor that sends it."""
+        """Chunk index, encoded once for every cursor that sends it.
+
+        A packet is kept for the cursors that were at or behind it when it was
+        encoded (they send it next), and dropped when the last of them has.
+        At most PACKET_CACHE_BYTES per task: past that the oldest go first, so
+        a client far behind (or paused) encodes its own and the live ones share.
+        """
         with feed.encoding:
-            packet = feed.packets.get(index)
-            if packet is None:
-                meta, pcm = feed.task.chunk_log.read(index)
-                packet = self.publisher.encode("audio_chunk", chunk_payload(feed.task, meta, pcm))
-                feed.packets[index] = packet
-                if len(feed.packets) > PACKETS_CACHED:
-                    feed.packets.popitem(last=False)
+            cached = feed.packets.get(index)
+            if cached is not None:
+                cached.readers -= 1
+                if cached.readers <= 0:
+                    del feed.packets[index]
+                    feed.cached_bytes -= cached.size
+                return cached.packet
+            meta, pcm = feed.task.chunk_log.read(index)
+            packet = self.publisher.encode("audio_chunk", chunk_payload(feed.task, meta, pcm))
+            with feed.lock:
+                positions = [
+                    cursor.position
+                    for cursor in feed.cursors.values()
+                    if not (cursor.cancelled or cursor.finished)
+                ]
+            readers = sum(1 for position in positions if position <= index) - 1  # not this one
+            if readers > 0:
+                oldest = min(positions)
+                size = len(pcm) + PACKET_OVERHEAD_BYTES
+                for key in sorted(feed.packets):  # drop what no cursor reads, then the oldest
+                    if key >= oldest and feed.cached_bytes + size <= PACKET_CACHE_BYTES:
+                        break
+                    feed.cached_bytes -= feed.packets.pop(key).size
+                if feed.cached_bytes + size <= PACKET_CACHE_BYTES:
+                    feed.packets[index] = Cached(packet, readers, size)
+                    feed.cached_bytes += size
             return packet
 
     def _writable(self, cursor: Cursor) -> bool:
