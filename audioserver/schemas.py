@@ -105,7 +105,7 @@ class _Generator:
         schema: dict[str, Any] = {"type": "object"}
         if model.__doc__:
             schema["description"] = " ".join(model.__doc__.split())
-        required = [key for key in hints if key in model.__required_keys__]
+        required = [key for key, hint in hints.items() if _required(model, key, hint)]
         if required:
             schema["required"] = required
         schema["properties"] = {key: self.type(hint) for key, hint in hints.items()}
@@ -183,6 +183,19 @@ class _Generator:
         if isinstance(value, list | tuple):
             return [self._resolve(item) for item in value]
         return value
+
+
+def _required(model: Any, key: str, hint: Any) -> bool:
+    """Whether a model's key is required: Required/NotRequired first, else the class's totality.
+
+    (On Python 3.11 a TypedDict misses Required/NotRequired in string annotations, as
+    ``from __future__ import annotations`` makes them; the hints resolved here have them.)
+    """
+    while typing.get_origin(hint) is Annotated:
+        hint = typing.get_args(hint)[0]
+    if typing.get_origin(hint) is NotRequired:
+        return False
+    return typing.get_origin(hint) is Required or key in model.__required_keys__
 
 
 def _enum(values: list[Any]) -> dict[str, Any]:
