@@ -165,7 +165,7 @@ def upload() -> tuple[TaskJson, int, dict[str, str]]:
 
 def _describe(engine: TaskEngine, task: Task) -> TaskJson:
     # TaskEngine.describe (tasks.py) is still typed dict[str, Any].
-    return cast(TaskJson, engine.describe(task))
+    return engine.describe(task)
 
 
 def _stop_request_task_id() -> str:
@@ -260,7 +260,7 @@ def metrics() -> Response:
 @bp.get("/healthz")
 def healthz() -> Health:
     # TaskEngine.health is typed dict[str, Any] (tasks.py).
-    return cast(Health, _engine().health())
+    return _engine().health()
 
 
 @bp.get("/openapi.json")
