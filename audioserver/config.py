@@ -105,9 +105,11 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         name="MAX_ACTIVE_TASKS",
-        default=4,
+        default=32,
         type=int,
-        help="tasks processed at the same time (their chunks interleave in the pool)",
+        help="tasks processed at the same time (their chunks interleave in the pool, the task "
+        "that has used least CPU first); each holds an ffmpeg decoder and at most CHUNK_WINDOW "
+        "jobs of audio, about 18 MB in all",
     ),
     Setting(
         name="MAX_QUEUED_TASKS",
