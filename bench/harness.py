@@ -121,10 +121,28 @@ class ServerProcess:
 
     def peak_rss_mb(self) -> float:
         """Peak resident memory of the server process so far (Linux: VmHWM)."""
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        raise RuntimeError("no VmHWM")
+        return int(_status_field(self.process.pid, "VmHWM").split()[0]) / 1024
+
+    def open_files(self) -> int:
+        """File descriptors the server process holds now (Linux)."""
+        return len(os.listdir(f"/proc/{self.process.pid}/fd"))
+
+    def threads(self) -> int:
+        """Threads of the server process now (Linux)."""
+        return int(_status_field(self.process.pid, "Threads"))
+
+    def children_memory_mb(self) -> tuple[int, float]:
+        """How many child processes (decoders, encoders) the server has, and their memory.
+
+        Their proportional set size summed (Linux: Pss), so that the pages every
+        ffmpeg shares (the binary, the libraries) count once, not once per process.
+        """
+        children = [
+            int(entry.name)
+            for entry in Path("/proc").iterdir()
+            if entry.name.isdigit() and _parent(int(entry.name)) == self.process.pid
+        ]
+        return len(children), sum(_pss_kb(pid) for pid in children) / 1024
 
     def close(self) -> None:
         if self.process.poll() is None:
@@ -144,6 +162,40 @@ class ServerProcess:
         self.close()
 
 
+def _status_field(pid: int, name: str, missing: str | None = None) -> str:
+    """A field of /proc/<pid>/status (missing, if given, when the process has gone)."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        if missing is None:
+            raise
+        return missing
+    for line in lines:
+        key, _, value = line.partition(":")
+        if key == name:
+            return value.strip()
+    if missing is None:
+        raise RuntimeError(f"no {name} in /proc/{pid}/status")
+    return missing
+
+
+def _pss_kb(pid: int) -> int:
+    """Proportional set size of a process in kB (0 if it has gone)."""
+    try:
+        lines = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
+    except OSError:
+        return 0
+    return next((int(line.split()[1]) for line in lines if line.startswith("Pss:")), 0)
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rpartition(")")[2].split()[1])  # the command in parentheses may hold spaces
+
+
 class Client:
     """A Socket.IO client over WebSocket that receives every chunk and counts bytes on the wire."""
 
@@ -153,6 +205,7 @@ class Client:
         self.wire_bytes = 0
         self.audio_bytes = 0
         self.first_chunk: dict[str, float] = {}
+        self.chunk_counts: dict[str, int] = {}
         self.ends: dict[str, tuple[str, dict[str, Any], float]] = {}
         self._condition = threading.Condition()
         self.sio.on("audio_chunk", self._on_chunk)
@@ -176,6 +229,7 @@ class Client:
         self.audio_bytes += len(chunk.get("audio", b""))
         with self._condition:
             self.first_chunk.setdefault(chunk["task_id"], time.perf_counter())
+            self.chunk_counts[chunk["task_id"]] = self.chunk_counts.get(chunk["task_id"], 0) + 1
             self._condition.notify_all()
 
     def _ender(self, name: str):
@@ -201,6 +255,13 @@ class Client:
         with self._condition:
             assert self._condition.wait_for(lambda: task_id in self.first_chunk, timeout)
             return self.first_chunk[task_id]
+
+    def wait_chunks(self, task_id: str, count: int, timeout: float = 600) -> None:
+        """Wait until a task's count of chunks received reaches count, or the task ends."""
+        with self._condition:
+            assert self._condition.wait_for(
+                lambda: self.chunk_counts.get(task_id, 0) >= count or task_id in self.ends, timeout
+            ), f"{task_id}: {self.chunk_counts.get(task_id, 0)} of {count} chunks"
 
     def wait_end(self, task_id: str, timeout: float = 3600) -> tuple[str, dict[str, Any], float]:
         with self._condition:

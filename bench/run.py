@@ -4,8 +4,9 @@ ffmpeg-normalize's job is timed three ways on the same file and pipeline: by
 ffmpeg-normalize, through the server (upload to the last chunk received), and
 by ``python app.py process`` (the same engine in one process, no server).
 
-    .venv/bin/python bench/run.py            # full: 6- and 40-minute files, medians of 3 runs
-    .venv/bin/python bench/run.py --short    # small files, one run: what CI runs
+    .venv/bin/python bench/run.py                  # full: 6- and 40-minute files, medians of 3 runs
+    .venv/bin/python bench/run.py --short          # small files, one run: what CI runs
+    .venv/bin/python bench/run.py --only fairness  # one section (repeat --only for more)
 
 Every figure is a ratio of two things measured side by side in this run, on
 this machine, so that it means the same on a slower or a faster one.
@@ -43,7 +44,12 @@ from audioserver.audio.ffmpeg import find_ffmpeg
 
 PIPELINE = "highpass=freq=80,loudness=target=-14"
 STREAMING_PIPELINE = "highpass=freq=80"  # no global step: chunks flow as decoding goes
+# The fairness and capacity sections: streaming too. A pipeline with a global step
+# (loudness, normalize) emits nothing before its first pass has read the whole file,
+# so a first chunk would measure the length of that pass, not the share of the pool.
+BUSY_PIPELINE = "highpass=freq=80,gain=db=-3"
 CORES = os.cpu_count() or 1
+SECTIONS = ("e2e", "latency", "memory", "stop", "concurrency", "fairness", "capacity")
 
 
 @dataclass(frozen=True)
@@ -56,10 +62,14 @@ class Sizes:
     stop_repeats: int
     clients: int
     client_seconds: float
+    busy_tasks: int  # long tasks processing while a new one's first chunk and stop are timed
+    fair_repeats: int
+    capacity_tasks: int  # long tasks at once for the memory and file-descriptor figures
+    capacity_chunks: int  # chunks each of them emits between two readings of the server
 
 
-FULL = Sizes(360, 2400, 3, 20, 16, 30)
-SHORT = Sizes(20, 60, 1, 5, 4, 10)
+FULL = Sizes(360, 2400, 3, 20, 16, 30, 8, 7, 32, 10)
+SHORT = Sizes(20, 60, 1, 5, 4, 10, 4, 2, 8, 2)
 
 
 def median(measure: Callable[[], float], runs: int) -> float:
@@ -148,18 +158,118 @@ def measure_stop(sizes: Sizes, files: dict[str, Path]) -> dict[str, Any]:
             event, _, arrived = target.wait_end(task)
             assert event == "processing_stopped"
             latencies.append(arrived - asked)
-        still_busy = all(
-            requests.get(f"{server.url}/tasks/{task}", timeout=30).json()["status"] == "processing"
-            for task in busy_tasks
-        )
-        for task in busy_tasks:
-            requests.delete(f"{server.url}/tasks/{task}", timeout=30)
+        still_busy = end_busy(server, busy_tasks)
         busy.close()
         target.close()
     latencies.sort()
     p95 = latencies[min(len(latencies) - 1, round(0.95 * (len(latencies) - 1)))]
     return {"stop_p50_s": statistics.median(latencies), "stop_p95_s": p95,
             "stop_pool_stayed_busy": still_busy}  # fmt: skip
+
+
+def start_busy(client: Client, path: Path, count: int) -> list[str]:
+    """Upload count long tasks with the given client subscribed; return once each has a chunk."""
+    tasks = [client.upload(path, pipeline=BUSY_PIPELINE)["task_id"] for _ in range(count)]
+    for task in tasks:
+        client.wait_first_chunk(task)
+    return tasks
+
+
+def end_busy(server: ServerProcess, tasks: list[str]) -> bool:
+    """Delete the long tasks (so the run ends by itself); return whether all were still running."""
+    still_busy = all(
+        requests.get(f"{server.url}/tasks/{task}", timeout=30).json()["status"] == "processing"
+        for task in tasks
+    )
+    for task in tasks:
+        requests.delete(f"{server.url}/tasks/{task}", timeout=30)
+    return still_busy
+
+
+def measure_fairness(sizes: Sizes, files: dict[str, Path]) -> dict[str, Any]:
+    """A new task's first chunk and its stop while long tasks process, at the default settings.
+
+    The long tasks have a subscriber of their own that receives all their audio,
+    as the new task's does; both pipelines stream (BUSY_PIPELINE). The first
+    chunk is timed from the upload's 202 answer, the stop from the client's
+    ``stop`` event to its ``processing_stopped``.
+    """
+    firsts: list[float] = []
+    stops: list[float] = []
+    with ServerProcess(workers=CORES) as server:
+        busy, target = Client(server.url), Client(server.url)
+        try:
+            busy_tasks = start_busy(busy, files["long"], sizes.busy_tasks)
+            for _ in range(sizes.fair_repeats):
+                task = target.upload(files["short"], pipeline=BUSY_PIPELINE)["task_id"]
+                answered = time.perf_counter()
+                firsts.append(target.wait_first_chunk(task) - answered)
+                asked = time.perf_counter()
+                target.sio.emit("stop", {"task_id": task})
+                event, _, arrived = target.wait_end(task)
+                assert event == "processing_stopped", event
+                stops.append(arrived - asked)
+            still_busy = end_busy(server, busy_tasks)
+        finally:
+            busy.close()
+            target.close()
+    return {
+        "fair_first_chunk_s": statistics.median(firsts),
+        "fair_first_chunk_max_s": max(firsts),
+        "fair_stop_s": statistics.median(stops),
+        "fair_stop_max_s": max(stops),
+        "fair_pool_stayed_busy": still_busy,
+    }
+
+
+def measure_capacity(sizes: Sizes, files: dict[str, Path]) -> dict[str, Any]:
+    """Memory, threads and open files of the server with many long tasks running at once.
+
+    At the default settings (MAX_ACTIVE_TASKS of them run at once): a quarter
+    of the tasks first, then all, each time until every task has emitted
+    ``capacity_chunks`` more chunks. Memory per task is the rise of the server's
+    peak from a quarter to all, over the tasks added; "growth" is the rise of
+    the peak while all of them emit three times as many more,
+    which tasks of bounded memory keep small. The decoders (ffmpeg, one per
+    running task) are counted apart, by their proportional set size.
+    """
+    count, quarter, chunks = sizes.capacity_tasks, sizes.capacity_tasks // 4, sizes.capacity_chunks
+    tasks: list[str] = []
+    with ServerProcess(workers=CORES) as server:
+        client = Client(server.url)
+
+        def run_on(added: int, more: int) -> float:
+            """Add long tasks; return the server's peak once each has emitted more chunks."""
+            tasks.extend(start_busy(client, files["long"], added))
+            marks = {task: client.chunk_counts[task] + more for task in tasks}
+            for task, mark in marks.items():
+                client.wait_chunks(task, mark)
+            return server.peak_rss_mb()
+
+        try:
+            idle_files = server.open_files()
+            peak_quarter = run_on(quarter, chunks)
+            peak = run_on(count - quarter, chunks)
+            files_open, threads = server.open_files(), server.threads()
+            children, children_mb = server.children_memory_mb()
+            peak_later = run_on(0, 3 * chunks)
+            still_busy = end_busy(server, tasks)
+        finally:
+            client.close()
+    return {
+        "capacity_tasks": count,
+        "capacity_rss_quarter_mb": peak_quarter,
+        "capacity_rss_mb": peak,
+        "capacity_rss_later_mb": peak_later,
+        "capacity_mb_per_task": (peak - peak_quarter) / (count - quarter),
+        "capacity_growth_mb": peak_later - peak,
+        "capacity_open_files": files_open,
+        "capacity_files_per_task": (files_open - idle_files) / count,
+        "capacity_threads": threads,
+        "capacity_decoders": children,
+        "capacity_decoders_pss_mb": children_mb,
+        "capacity_all_running": still_busy and children == count,
+    }
 
 
 def measure_concurrency(sizes: Sizes) -> dict[str, Any]:
@@ -196,52 +306,81 @@ def measure_concurrency(sizes: Sizes) -> dict[str, Any]:
 
 
 def table(results: dict[str, Any], sizes: Sizes) -> list[dict[str, Any]]:
-    """The figures, each a ratio with its target."""
-    r = results
-    rows = [
-        ("E2E vs ffmpeg-normalize (x faster)", r["ffmpeg_normalize_s"] / r["e2e_s"], ">=", 5.0),
+    """The figures, each a ratio with its target (those of the sections that ran)."""
+    rows: list[tuple[str, Callable[[dict[str, Any]], float], str, float]] = [
+        ("E2E vs ffmpeg-normalize (x faster)", lambda r: r["ffmpeg_normalize_s"] / r["e2e_s"],
+         ">=", 5.0),
         ("audio-server process vs ffmpeg-normalize (x faster)",
-         r["ffmpeg_normalize_s"] / r["local_process_s"], ">=", 5.0),
-        ("E2E vs decode floor (x slower)", r["e2e_s"] / r["decode_floor_s"], "<=", 2.5),
-        (f"Scaling: {CORES} workers over 1 (x)", r["e2e_1_worker_s"] / r["e2e_s"], ">=",
+         lambda r: r["ffmpeg_normalize_s"] / r["local_process_s"], ">=", 5.0),
+        ("E2E vs decode floor (x slower)", lambda r: r["e2e_s"] / r["decode_floor_s"], "<=", 2.5),
+        (f"Scaling: {CORES} workers over 1 (x)", lambda r: r["e2e_1_worker_s"] / r["e2e_s"], ">=",
          0.8 * CORES),
-        ("First chunk, short file (ms)", 1000 * r["first_chunk_short_s"], "<=", 150.0),
-        ("First chunk, long over short (x)", r["first_chunk_long_s"] / r["first_chunk_short_s"],
-         "<=", 1.5),
-        ("Peak RSS, long file (MB)", r["rss_long_mb"], "<=", 300.0),
-        ("Peak RSS, long over short (x)", r["rss_long_mb"] / r["rss_short_mb"], "<=", 1.5),
-        ("Wire bytes over PCM16 (x)", r["wire_ratio"], "<=", 1.15),
-        ("Stop latency p95 (ms)", 1000 * r["stop_p95_s"], "<=", 200.0),
+        ("First chunk, short file (ms)", lambda r: 1000 * r["first_chunk_short_s"], "<=", 150.0),
+        ("First chunk, long over short (x)",
+         lambda r: r["first_chunk_long_s"] / r["first_chunk_short_s"], "<=", 1.5),
+        ("Peak RSS, long file (MB)", lambda r: r["rss_long_mb"], "<=", 300.0),
+        ("Peak RSS, long over short (x)", lambda r: r["rss_long_mb"] / r["rss_short_mb"], "<=",
+         1.5),
+        ("Wire bytes over PCM16 (x)", lambda r: r["wire_ratio"], "<=", 1.15),
+        ("Stop latency p95 (ms)", lambda r: 1000 * r["stop_p95_s"], "<=", 200.0),
         (f"{sizes.clients} clients: aggregate over single (x)",
-         r["aggregate_throughput_x"] / r["single_throughput_x"], ">=", 0.8),
+         lambda r: r["aggregate_throughput_x"] / r["single_throughput_x"], ">=", 0.8),
+        (f"First chunk of a new task, {sizes.busy_tasks} long tasks running (ms)",
+         lambda r: 1000 * r["fair_first_chunk_s"], "<=", 1000.0),
+        (f"Stop of that task, {sizes.busy_tasks} long tasks running (ms)",
+         lambda r: 1000 * r["fair_stop_s"], "<=", 200.0),
+        (f"Peak RSS, {sizes.capacity_tasks} long tasks at once (MB)",
+         lambda r: r["capacity_rss_mb"], "<=", 1000.0),
+        ("Peak RSS per running task (MB)", lambda r: r["capacity_mb_per_task"], "<=", 20.0),
+        (f"Open files, {sizes.capacity_tasks} long tasks at once",
+         lambda r: r["capacity_open_files"], "<=", 512.0),
     ]  # fmt: skip
-    return [
-        {"figure": name, "value": round(value, 3), "target": f"{op} {target:g}",
-         "met": value >= target if op == ">=" else value <= target}
-        for name, value, op, target in rows
-    ]  # fmt: skip
+    figures = []
+    for name, value_of, op, target in rows:
+        try:
+            value = value_of(results)
+        except KeyError:  # its section did not run (--only)
+            continue
+        met = value >= target if op == ">=" else value <= target
+        figures.append({"figure": name, "value": round(value, 3), "target": f"{op} {target:g}",
+                        "met": met})  # fmt: skip
+    return figures
+
+
+def sections(sizes: Sizes, files: dict[str, Path]) -> dict[str, Callable[[], dict[str, Any]]]:
+    """Each part of the benchmark by name, in the order a full run takes them."""
+    return {
+        "e2e": lambda: measure_e2e(sizes, files),
+        "latency": lambda: measure_latency(sizes, files),
+        "memory": lambda: measure_memory(files),
+        "stop": lambda: measure_stop(sizes, files),
+        "concurrency": lambda: measure_concurrency(sizes),
+        "fairness": lambda: measure_fairness(sizes, files),
+        "capacity": lambda: measure_capacity(sizes, files),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--short", action="store_true", help="small files and one run (CI)")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "latest.json")
+    parser.add_argument(
+        "--only", action="append", choices=SECTIONS, metavar="SECTION",
+        help=f"run only this section (repeat for more): {', '.join(SECTIONS)}",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     sizes = SHORT if args.short else FULL
     files = {"short": make_mp3(sizes.short_seconds), "long": make_mp3(sizes.long_seconds)}
+    chosen = args.only or SECTIONS
     results: dict[str, Any] = {}
-    for part in (
-        lambda: measure_e2e(sizes, files),
-        lambda: measure_latency(sizes, files),
-        lambda: measure_memory(files),
-        lambda: measure_stop(sizes, files),
-        lambda: measure_concurrency(sizes),
-    ):
-        results.update(part())
+    for name, part in sections(sizes, files).items():
+        if name in chosen:
+            results.update(part())
     rows = table(results, sizes)
     machine = f"{platform.machine()}, {CORES} cores, {platform.python_version()}"
     report = {"mode": "short" if args.short else "full", "sizes": sizes.__dict__,
-              "machine": machine, "measurements": results, "figures": rows}  # fmt: skip
+              "sections": list(chosen), "machine": machine, "measurements": results,
+              "figures": rows}  # fmt: skip
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2))
     print(f"{report['mode']} run on {machine}; files of {sizes.short_seconds:g} and "

@@ -26,8 +26,10 @@ def test_the_benchmark_measures_every_figure(tmp_path):
     report = json.loads(report_path.read_text())
     assert report["mode"] == "short"
     figures = {row["figure"]: row for row in report["figures"]}
-    assert len(figures) == 11
+    assert len(figures) == 16
     assert "audio-server process vs ffmpeg-normalize (x faster)" in figures
+    assert "First chunk of a new task, 4 long tasks running (ms)" in figures
+    assert "Peak RSS per running task (MB)" in figures
     for row in figures.values():
         assert math.isfinite(row["value"]) and row["value"] > 0, row
     measured = report["measurements"]
@@ -35,4 +37,7 @@ def test_the_benchmark_measures_every_figure(tmp_path):
     assert measured["clients_completed"] == measured["clients"] and not measured["client_errors"]
     assert measured["audio_complete"] == 1.0  # the client received every byte of audio
     assert measured["stop_pool_stayed_busy"] is True
+    # The capacity section read the server while tasks ran, each with its decoder (with the
+    # short run's 60-second files, the first may have ended by then).
+    assert measured["capacity_tasks"] == 8 and 1 <= measured["capacity_decoders"] <= 8
     assert "| figure | value | target | met |" in result.stdout
