@@ -96,9 +96,10 @@ class FileChunkLog:
             return index
 
     def end(self, event: str, data: dict[str, Any]) -> None:
-        """Write the terminal event: nothing comes after it."""
+        """Write the terminal event: nothing comes after it (the readers go to disk now)."""
         with self._changed:
             self._terminal = (event, data)
+            self._tail.clear()  # a finished task may be kept for a day: it holds no audio
             self._changed.notify_all()
 
     def read(self, index: int) -> tuple[dict[str, Any], bytes]:

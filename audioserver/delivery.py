@@ -271,6 +271,11 @@ class Delivery:
                 if feed.cursors.get(cursor.sid) is cursor and not cursor.finished:
                     del feed.cursors[cursor.sid]
                 cursor.cancelled = True
+                idle = not feed.cursors
+            if idle:
+                with feed.encoding:  # no cursor left to read what is cached
+                    feed.packets.clear()
+                    feed.cached_bytes = 0
 
     def _follow(self, feed: Feed, cursor: Cursor) -> None:
         log = feed.task.chunk_log

@@ -232,3 +232,23 @@ def test_a_cursor_on_a_long_finished_task_reads_it_from_disk(engine_with, tmp_pa
     again = [data for event, data in clients.received[replay] if event == "audio_chunk"]
     assert [bytes(chunk["audio"]) for chunk in again] == [bytes(c["audio"]) for c in original]
     assert [chunk["waveform"] for chunk in again] == [chunk["waveform"] for chunk in original]
+
+
+def test_a_file_log_keeps_no_audio_in_memory_once_ended(tmp_path):
+    from audioserver.chunklog import FileChunkLog, LogClosed
+    from audioserver.storage import ChunkStore
+
+    log = FileChunkLog(ChunkStore(tmp_path, sample_rate=8000, channels=1))
+    pcm = [bytes([index]) * 200 for index in range(6)]
+    for index, audio in enumerate(pcm):
+        log.append({"index": index, "frames": 100}, audio)
+    assert log.wait(5, timeout=0) and not log.wait(6, timeout=0)
+    log.end("processing_complete", {"task_id": "t"})
+    assert log.wait(6, timeout=0)  # the end is an entry: a waiting cursor wakes for it
+    assert log._tail == {}  # a finished task can be kept a day: its audio stays on disk
+    assert [log.read(index) for index in range(6)] == [
+        ({"index": index, "frames": 100}, audio) for index, audio in enumerate(pcm)
+    ]
+    log.close()
+    with pytest.raises(LogClosed):
+        log.read(0)
