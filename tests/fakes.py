@@ -100,3 +100,32 @@ class LogTask:
     def finish(self, event: str = "processing_complete") -> None:
         data = {"task_id": self.id, "status": "completed", "chunks_emitted": len(self.chunk_log)}
         self.chunk_log.end(event, data)
+
+
+class HeldRunner:
+    """A Runner whose pool is the test: jobs wait until the test runs them, in its order."""
+
+    def __init__(self) -> None:
+        self.jobs: list[tuple[str, Callable[[], None]]] = []
+        self._changed = threading.Condition()
+
+    def start(self, name: str, target: Callable[[], None]) -> None:
+        threading.Thread(target=target, name=name, daemon=True).start()
+
+    def submit(self, key: str, job: Callable[[], None]) -> None:
+        with self._changed:
+            self.jobs.append((key, job))
+            self._changed.notify_all()
+
+    def forget(self, key: str) -> None:
+        pass
+
+    def shutdown(self) -> None:
+        pass
+
+    def wait_jobs(self, count: int, *, timeout: float = 30.0) -> list[Callable[[], None]]:
+        """Take the first count jobs submitted, once there are as many."""
+        with self._changed:
+            assert self._changed.wait_for(lambda: len(self.jobs) >= count, timeout), self.jobs
+            taken, self.jobs = self.jobs[:count], self.jobs[count:]
+        return [job for _, job in taken]

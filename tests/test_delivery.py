@@ -252,3 +252,23 @@ def test_a_file_log_keeps_no_audio_in_memory_once_ended(tmp_path):
     log.close()
     with pytest.raises(LogClosed):
         log.read(0)
+
+
+def test_jobs_finished_in_any_order_are_emitted_in_order(tmp_path, ffmpeg):
+    from fakes import HeldRunner
+
+    clients, runner = Clients(), HeldRunner()
+    engine = TaskEngine(
+        data_dir=tmp_path / "data", ffmpeg=ffmpeg, workers=2, publisher=clients, runner=runner
+    )
+    sid = clients.connect("client")
+    try:
+        task = start_task(engine, tmp_path, 1.2, sid=sid)  # 12 chunks, a window of 4
+        for _ in range(3):
+            window = runner.wait_jobs(4)  # the feeder waits for room: the window is full
+            for job in reversed(window):  # the last of the window finishes first
+                job()
+        clients.wait_for(lambda: ended(clients, sid, task))
+    finally:
+        engine.shutdown()
+    assert clients.stream(sid, task.id) == whole(12)
