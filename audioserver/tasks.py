@@ -109,6 +109,7 @@ class TaskEngine:
         observer: Observer | None = None,
         store: TaskStore | None = None,
         runner: Runner | None = None,
+        retention: bool = True,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -161,8 +162,9 @@ class TaskEngine:
             ttl_seconds=result_ttl_seconds,
             max_data_bytes=max_data_bytes,
         )
-        self.retention.restore()
-        self.retention.start(sweep_seconds)
+        if retention:  # in cluster mode the folders are the workers' (see cluster.py)
+            self.retention.restore()
+            self.retention.start(sweep_seconds)
 
     @classmethod
     def from_config(
