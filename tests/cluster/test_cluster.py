@@ -6,9 +6,9 @@ the clients are real python-socketio clients over WebSocket.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from helpers import ROOT, ServerProcess, read_wav, wav_pcm
 from audioserver.cluster import WORKERS
 
 SLOW_PIPELINE = "highpass=freq=80,compressor,loudness=target=-16"
+STOP_SECONDS = 0.2  # processing_stopped at every subscriber within this of the request
 
 
 class WebInstance(ServerProcess):
@@ -37,8 +38,30 @@ class WorkerProcess:
         with open(log, "wb") as output:
             self.process = subprocess.Popen(
                 [sys.executable, str(ROOT / "app.py"), *arguments],
-                stdout=output, stderr=subprocess.STDOUT, cwd=ROOT,
-            )  # fmt: skip
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+            )
+
+    def wait_until_alive(self, client: Any, timeout: float = 60.0) -> None:
+        """Wait until the worker's heartbeat is in Redis; fail at once, with its log, if it ends."""
+        pid = self.process.pid
+        deadline = time.monotonic() + timeout
+        while not any(key.decode().endswith(f"-{pid}") for key in client.scan_iter(f"{WORKERS}*")):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"worker {pid} did not start in {timeout} s")
+            try:
+                self.process.wait(timeout=0.05)  # waiting on the process: did it end?
+            except subprocess.TimeoutExpired:
+                continue
+            raise RuntimeError(f"the worker exited: {self.log.read_text()[-3000:]}")
+
+    def ran(self, task_id: str) -> bool:
+        """Whether this worker ran the task (its log has the task's "started" line)."""
+        return any(
+            f"[task {task_id}]" in line and line.endswith("started")
+            for line in self.log.read_text(errors="replace").splitlines()
+        )
 
     def close(self) -> None:
         if self.process.poll() is None:
@@ -59,14 +82,23 @@ class Cluster:
         self.workers: list[WorkerProcess] = []
         for name in ("a", "b"):
             self.webs.append(
-                WebInstance(self.data_dir, log=folder / f"web-{name}.log",
-                            redis_url=redis_server.url, log_level="INFO")  # fmt: skip
+                WebInstance(
+                    self.data_dir,
+                    log=folder / f"web-{name}.log",
+                    redis_url=redis_server.url,
+                    log_level="INFO",
+                )
             )
         for name in ("1", "2"):
             self.workers.append(
-                WorkerProcess(redis_url=redis_server.url, data_dir=self.data_dir,
-                              log=folder / f"worker-{name}.log")  # fmt: skip
+                WorkerProcess(
+                    redis_url=redis_server.url,
+                    data_dir=self.data_dir,
+                    log=folder / f"worker-{name}.log",
+                )
             )
+        for worker in self.workers:
+            worker.wait_until_alive(redis_server.client)
 
     def close(self) -> None:
         for process in [*self.webs, *self.workers]:
@@ -102,7 +134,9 @@ def concatenated(chunks: list[dict[str, Any]]) -> bytes:
 
 def test_upload_on_a_subscribe_on_b_gets_every_chunk_once_in_order(cluster, listen, audio_file):
     a, b = cluster.webs
-    task = upload(a.url, audio_file(8.0), pipeline="highpass=freq=80,normalize", chunk_seconds="0.5")
+    task = upload(
+        a.url, audio_file(8.0), pipeline="highpass=freq=80,normalize", chunk_seconds="0.5"
+    )
     listener = listen(b.url)
     subscribe(listener, task["task_id"])
     event, data = listener.wait_end(task["task_id"])
@@ -117,3 +151,126 @@ def test_upload_on_a_subscribe_on_b_gets_every_chunk_once_in_order(cluster, list
     described = requests.get(f"{b.url}/tasks/{task['task_id']}", timeout=10).json()
     assert described["status"] == "completed"
     assert described["chunks_done"] == data["chunks"]
+
+
+def test_stop_on_b_reaches_the_worker_and_every_subscriber(cluster, listen, audio_file):
+    a, b = cluster.webs
+    task = upload(a.url, audio_file(120.0), pipeline=SLOW_PIPELINE, chunk_seconds="0.25")
+    task_id = task["task_id"]
+    on_a, on_b = listen(a.url), listen(b.url)
+    subscribe(on_a, task_id)
+    subscribe(on_b, task_id)
+    on_a.wait_chunk(task_id, 0)
+    stopper = listen(b.url)
+    asked = time.monotonic()
+    ack = stopper.client.call("stop", {"task_id": task_id}, timeout=10)
+    assert ack["status"] == "stopped", ack
+    for listener in (on_a, on_b):
+        _, data, at = listener.wait_for(
+            lambda name, data: name == "processing_stopped" and data["task_id"] == task_id
+        )
+        assert data["reason"] == "requested"
+        assert at - asked < STOP_SECONDS, f"processing_stopped after {at - asked:.3f} s"
+        indexes = [chunk["index"] for chunk in listener.chunks(task_id)]
+        assert indexes == list(range(data["chunks_emitted"]))
+        assert listener.of_task(task_id)[-1][0] == "processing_stopped"
+    assert data["chunks_emitted"] < task["chunks_total"]
+    described = requests.get(f"{a.url}/tasks/{task_id}", timeout=10).json()
+    assert described["status"] == "stopped"
+    # The partial result: what was emitted, from the other instance.
+    result = requests.get(f"{b.url}/tasks/{task_id}/result", timeout=70)
+    assert result.status_code == 200, result.text
+    assert wav_pcm(result.content) == concatenated(on_a.chunks(task_id))
+
+
+def test_replay_from_index_on_b_of_a_task_uploaded_on_a(cluster, listen, audio_file):
+    a, b = cluster.webs
+    task = upload(a.url, audio_file(6.0), pipeline="normalize", chunk_seconds="0.5")
+    task_id = task["task_id"]
+    whole = listen(a.url)
+    subscribe(whole, task_id)
+    event, data = whole.wait_end(task_id)
+    assert event == "processing_complete"
+    late = listen(b.url)
+    subscribe(late, task_id, from_index=5)
+    assert late.wait_end(task_id)[0] == "processing_complete"
+    assert [chunk["index"] for chunk in late.chunks(task_id)] == list(range(5, data["chunks"]))
+    assert concatenated(late.chunks(task_id)) == concatenated(whole.chunks(task_id)[5:])
+
+
+def test_ten_tasks_over_two_workers_each_whole_and_isolated(cluster, listen, audio_file):
+    a, b = cluster.webs
+    files = [audio_file(3.0 + number * 0.5) for number in range(10)]
+    tasks = [
+        upload((a, b)[number % 2].url, path, pipeline="gain=db=-3", chunk_seconds="0.5")
+        for number, path in enumerate(files)
+    ]
+    listeners = [listen((b, a)[number % 2].url) for number in range(10)]
+    for listener, task in zip(listeners, tasks, strict=True):
+        subscribe(listener, task["task_id"])
+    workers: set[int] = set()
+    for listener, task, path in zip(listeners, tasks, files, strict=True):
+        task_id = task["task_id"]
+        event, data = listener.wait_end(task_id)
+        assert event == "processing_complete", data
+        assert {data["task_id"] for _, data in listener.of_task(task_id)} == {task_id}
+        assert len(listener.events) == len(listener.of_task(task_id))  # nothing of the others
+        chunks = listener.chunks(task_id)
+        assert [chunk["index"] for chunk in chunks] == list(range(data["chunks"]))
+        expected, _ = read_wav(path)
+        assert len(concatenated(chunks)) == expected.size * 2
+        result = requests.get(f"{a.url}/tasks/{task_id}/result", timeout=30)
+        assert concatenated(chunks) == wav_pcm(result.content)
+        workers |= {number for number, worker in enumerate(cluster.workers) if worker.ran(task_id)}
+    assert workers == {0, 1}, "both workers took tasks"
+
+
+def test_health_says_redis_and_live_workers(cluster):
+    a, _ = cluster.webs
+    health = requests.get(f"{a.url}/healthz", timeout=10).json()
+    assert health["redis"] == "ok"
+    assert health["queued_tasks"] == 0
+    assert health["cluster_workers"] == 2
+
+
+def test_queue_bound_503_metrics_depth_and_a_queued_task_stopped_by_the_web(
+    redis_server, tmp_path, listen, audio_file
+):
+    # A web instance with no worker yet: what it queues waits in Redis.
+    web = WebInstance(tmp_path / "shared", log=tmp_path / "web.log",
+                      redis_url=redis_server.url, max_queued_tasks=2)  # fmt: skip
+    try:
+        first = upload(web.url, audio_file(2.0))
+        upload(web.url, audio_file(2.0))
+        with audio_file(2.0).open("rb") as file:
+            refused = requests.post(f"{web.url}/upload", files={"file": file}, timeout=30)
+        assert refused.status_code == 503
+        assert refused.json()["error"] == "at_capacity"
+        assert int(refused.headers["Retry-After"]) > 0
+        assert requests.get(f"{web.url}/healthz", timeout=10).json()["queued_tasks"] == 2
+        metrics = requests.get(f"{web.url}/metrics", timeout=10).text
+        assert "audioserver_queued_tasks 2.0" in metrics
+        # Stopped before any worker took it: the web instance ends it, and no worker runs it.
+        listener = listen(web.url)
+        subscribe(listener, first["task_id"])
+        stop = requests.post(
+            f"{web.url}/stop-processing", json={"task_id": first["task_id"]}, timeout=10
+        )
+        assert stop.status_code == 200, stop.text
+        event, data = listener.wait_end(first["task_id"])
+        assert (event, data["reason"], data["chunks_emitted"]) == (
+            "processing_stopped",
+            "requested",
+            0,
+        )
+        worker = WorkerProcess(redis_url=redis_server.url, data_dir=tmp_path / "shared",
+                               log=tmp_path / "worker.log")  # fmt: skip
+        try:
+            worker.wait_until_alive(redis_server.client)
+            described = requests.get(f"{web.url}/tasks/{first['task_id']}", timeout=10).json()
+            assert described["status"] == "stopped"
+        finally:
+            worker.close()
+        assert not worker.ran(first["task_id"])
+    finally:
+        web.close()
