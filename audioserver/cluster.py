@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import redis
 
-from .audio.encode import HEADER_BYTES
+from .audio.encode import HEADER_BYTES, WavWriter
 from .audio.pipeline import Stage
 from .chunklog import LogClosed
 from .exceptions import AtCapacity, TaskConflict
@@ -60,8 +60,11 @@ TASKS = "audio:tasks"  # the ids of every task the cluster keeps
 EVENTS = "audio:events"  # pub/sub: the id of a task whose log has a new entry
 STOPS = "audio:stops"  # pub/sub: {"task_id", "reason"} for the worker running the task
 WORKERS = "audio:worker:"  # + worker name: a key each live worker renews (its heartbeat)
-LEASE_SECONDS = 15  # a worker's claim on a task lasts this long unless renewed
-HEARTBEAT_SECONDS = 3.0
+RUNNING = "audio:running"  # the ids of the tasks a worker has started and not yet retired
+LEASE_SECONDS = 10  # a worker's claim on a task lasts this long unless renewed
+HEARTBEAT_SECONDS = (
+    2.0  # how often workers renew their claims, and web instances look for lost ones
+)
 WEB_OWNER = "web"  # the owner of a task a web instance ended before any worker took it
 
 
@@ -143,6 +146,8 @@ class SharedChunkLog:
         self._terminal: tuple[str, dict[str, Any]] | None = None
         self._closed = False
         self._fds: tuple[int, int] | None = None
+        self.pcm_bytes = 0  # of the chunks in the stream
+        self.meta_bytes = 0
         self.chunks_total: int | None = None
         self._changed = threading.Condition()
         self._refreshing = threading.Lock()
@@ -170,6 +175,8 @@ class SharedChunkLog:
                         offsets = (int(fields["m"]), int(fields["ml"]), int(fields["p"]),
                                    int(fields["pl"]))  # fmt: skip
                         self._entries.append(offsets)
+                        self.pcm_bytes = offsets[2] + offsets[3]
+                        self.meta_bytes = offsets[0] + offsets[1]
                         self.chunks_total = json.loads(fields["t"])
                 self._changed.notify_all()
 
@@ -239,6 +246,20 @@ class SharedChunkLog:
                     for fd in self._fds:
                         os.close(fd)
             self._changed.notify_all()
+
+
+def keep_chunks(
+    folder: Path, *, chunks: int, pcm_bytes: int, meta_bytes: int, stages: list[Stage]
+) -> None:
+    """Cut a lost worker's files to the chunks its stream has, and make result.wav whole."""
+    last = stages[-1]
+    wav = WavWriter(folder / "result.wav", sample_rate=last.output_rate,
+                    channels=last.output_channels, existing=True)  # fmt: skip
+    try:
+        wav.truncate(pcm_bytes)
+    finally:
+        wav.close()
+    os.truncate(folder / "chunks.jsonl", meta_bytes)
 
 
 class LogFollower:
@@ -394,6 +415,59 @@ class ClusterEngine(TaskEngine):
         longest = {"MAX_AUDIO_SECONDS": settings.get("max_audio_seconds", 4 * 3600.0)}
         self.celery = celery_app(redis_url, visibility_timeout=visibility_timeout(longest))
         super().__init__(store=store, retention=False, **settings)
+        self._reaping = threading.Event()
+        self._reaper = threading.Thread(target=self._reap, name="reaper", daemon=True)
+        self._reaper.start()
+
+    # -- workers lost -------------------------------------------------------------------
+
+    def _reap(self) -> None:
+        """Fail the tasks whose worker stopped renewing its claim (killed, or cut off)."""
+        while not self._reaping.wait(HEARTBEAT_SECONDS):
+            try:
+                for task_id in self.redis.smembers(RUNNING):
+                    self._reap_task(str(task_id))
+            except redis.RedisError:
+                logger.warning("cannot reach Redis to look for lost workers", exc_info=True)
+
+    def _reap_task(self, task_id: str) -> None:
+        if self.redis.exists(owner_key(task_id)):
+            return  # its worker lives
+        # The claim is the arbiter: one instance reaps, and a retried message finds it taken.
+        if not self.redis.set(owner_key(task_id), "reaper", nx=True, ex=24 * 3600):
+            return
+        task = self.get(task_id) if self.redis.exists(task_key(task_id)) else None
+        if task is None or task.status in TERMINAL:
+            self.redis.srem(RUNNING, task_id)
+            return
+        log = task.chunk_log
+        assert isinstance(log, SharedChunkLog), "a cluster task's log is the shared one"
+        log.refresh()
+        message = (
+            f"The worker processing the task stopped answering after {len(log)} chunks "
+            "(its machine or process died); the chunks it sent are kept. Upload the file again "
+            "to process it whole."
+        )
+        keep_chunks(task.folder, chunks=len(log), pcm_bytes=log.pcm_bytes,
+                    meta_bytes=log.meta_bytes, stages=task.stages)  # fmt: skip
+        with task.lock:
+            task.status = Status.FAILED
+            task.finished_at = now()
+            task.error = {"error": "worker_lost", "message": message}
+            task.next_index = len(log)
+            last = task.stages[-1]
+            task.output_frames = log.pcm_bytes // (2 * last.output_channels)
+            task.result_path = task.folder / "result.wav"
+            data = {**terminal_core(task, Status.FAILED), **task.error}
+            snapshot = snapshot_json(task, workers=0, retired=True)
+        self.redis.set(task_key(task_id), snapshot, xx=True)
+        save_snapshot(task.folder, json.loads(snapshot))
+        log.end("processing_error", data)
+        pipe = self.redis.pipeline()
+        pipe.xadd(log_key(task_id), {"retired": "1"})
+        pipe.srem(RUNNING, task_id)
+        pipe.execute()
+        task.log.warning("failed: its worker was lost after %d chunks", len(log))
 
     # -- accepting --------------------------------------------------------------
 
@@ -541,6 +615,7 @@ class ClusterEngine(TaskEngine):
         task.log.info("deleted")
 
     def shutdown(self, *, timeout: float = 4.0) -> None:
+        self._reaping.set()
         super().shutdown(timeout=timeout)
         self.follower.stop()
         self.redis.close()

@@ -31,6 +31,7 @@ from .cluster import (
     LEASE_SECONDS,
     QUEUE,
     RUN_TASK,
+    RUNNING,
     WORKERS,
     celery_app,
     connect,
@@ -175,7 +176,10 @@ class Worker:
                     task.status = Status.PROCESSING
                     task.started_at = now()
                     described = snapshot_json(task, workers=self.workers)
-                self.redis.set(task_key(task_id), described, xx=True)
+                pipe = self.redis.pipeline(transaction=False)
+                pipe.set(task_key(task_id), described, xx=True)
+                pipe.sadd(RUNNING, task_id)  # watched for a lost claim from now on
+                pipe.execute()
                 run.run()  # this Celery thread feeds the task; its jobs run on the pool
         finally:
             with self._lock:
@@ -203,6 +207,7 @@ class Worker:
         pipe.set(task_key(task.id), described, xx=True)
         pipe.xadd(log_key(task.id), {"retired": "1"}, nomkstream=True)
         pipe.publish(EVENTS, task.id)
+        pipe.srem(RUNNING, task.id)
         pipe.delete(owner_key(task.id))
         pipe.execute()
         task.chunk_log.close()

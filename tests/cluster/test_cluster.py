@@ -17,7 +17,7 @@ import pytest
 import requests
 from helpers import ROOT, ServerProcess, read_wav, wav_pcm
 
-from audioserver.cluster import WORKERS
+from audioserver.cluster import LEASE_SECONDS, WORKERS
 
 SLOW_PIPELINE = "highpass=freq=80,compressor,loudness=target=-16"
 STOP_SECONDS = 0.2  # processing_stopped at every subscriber within this of the request
@@ -274,3 +274,50 @@ def test_queue_bound_503_metrics_depth_and_a_queued_task_stopped_by_the_web(
         assert not worker.ran(first["task_id"])
     finally:
         web.close()
+
+
+def started_on(cluster: Cluster, listener: Any, task_id: str) -> WorkerProcess:
+    """The worker running a task, once its first chunk has arrived."""
+    listener.wait_chunk(task_id, 0)
+    running = [worker for worker in cluster.workers if worker.ran(task_id)]
+    assert len(running) == 1, "one worker runs the task"
+    return running[0]
+
+
+def test_a_worker_killed_mid_task_fails_it_with_the_chunks_it_sent_once(
+    cluster, listen, audio_file
+):
+    a, b = cluster.webs
+    task = upload(a.url, audio_file(120.0), pipeline=SLOW_PIPELINE, chunk_seconds="0.25")
+    task_id = task["task_id"]
+    listener = listen(b.url)
+    subscribe(listener, task_id)
+    worker = started_on(cluster, listener, task_id)
+    worker.process.kill()  # kill -9: no goodbye, its claim simply stops being renewed
+    event, data = listener.wait_end(task_id, timeout=LEASE_SECONDS + 20)
+    assert (event, data["error"]) == ("processing_error", "worker_lost"), data
+    chunks = listener.chunks(task_id)
+    assert [chunk["index"] for chunk in chunks] == list(range(len(chunks)))
+    assert data["chunks_emitted"] == len(chunks)
+    described = requests.get(f"{a.url}/tasks/{task_id}", timeout=10).json()
+    assert described["status"] == "failed"
+    # What was sent is kept, as the partial result, and is exactly the stream.
+    result = requests.get(f"{a.url}/tasks/{task_id}/result", timeout=30)
+    assert result.status_code == 200, result.text
+    assert wav_pcm(result.content) == concatenated(chunks)
+
+
+def test_sigterm_to_a_worker_stops_its_task_with_reason_shutdown(cluster, listen, audio_file):
+    a, _ = cluster.webs
+    task = upload(a.url, audio_file(120.0), pipeline=SLOW_PIPELINE, chunk_seconds="0.25")
+    task_id = task["task_id"]
+    listener = listen(a.url)
+    subscribe(listener, task_id)
+    worker = started_on(cluster, listener, task_id)
+    worker.process.terminate()
+    event, data = listener.wait_end(task_id)
+    assert (event, data["reason"]) == ("processing_stopped", "shutdown"), data
+    assert worker.process.wait(20) == 0
+    result = requests.get(f"{a.url}/tasks/{task_id}/result", timeout=70)
+    assert result.status_code == 200, result.text
+    assert wav_pcm(result.content) == concatenated(listener.chunks(task_id))
