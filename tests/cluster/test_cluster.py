@@ -6,8 +6,13 @@ the clients are real python-socketio clients over WebSocket.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +20,7 @@ from typing import Any
 
 import pytest
 import requests
-from helpers import ROOT, ServerProcess, read_wav, wav_pcm
+from helpers import ROOT, ServerProcess, free_port, read_wav, wav_pcm
 
 from audioserver.cluster import LEASE_SECONDS, WORKERS
 
@@ -321,3 +326,105 @@ def test_sigterm_to_a_worker_stops_its_task_with_reason_shutdown(cluster, listen
     result = requests.get(f"{a.url}/tasks/{task_id}/result", timeout=70)
     assert result.status_code == 200, result.text
     assert wav_pcm(result.content) == concatenated(listener.chunks(task_id))
+
+
+# -- nginx in front: deploy/nginx-cluster.conf --------------------------------------------------
+
+
+class ClusterNginx:
+    """nginx in a folder of its own, with deploy/nginx-cluster.conf on these ports."""
+
+    def __init__(self, folder: Path, *, upstreams: list[int]) -> None:
+        binary = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
+        if binary is None:
+            if os.environ.get("CI") == "true":
+                pytest.fail("no nginx (CI=true: this test must run)", pytrace=False)
+            pytest.skip("no nginx (as root: apt-get install nginx-light)")
+        folder.mkdir()
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = (ROOT / "deploy" / "nginx-cluster.conf").read_text()
+        for old, new in [
+            ("listen 80;", f"listen 127.0.0.1:{self.port};"),
+            ("server 127.0.0.1:5001 ", f"server 127.0.0.1:{upstreams[0]} "),
+            ("server 127.0.0.1:5002 ", f"server 127.0.0.1:{upstreams[1]} "),
+        ]:
+            assert old in config, f"deploy/nginx-cluster.conf has no {old!r}"
+            config = config.replace(old, new)
+        temp = "\n".join(
+            f"    {kind}_temp_path {folder / kind};"
+            for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+        )
+        user = "user root;\n" if os.geteuid() == 0 else ""
+        (folder / "nginx.conf").write_text(
+            f"{user}daemon off;\nworker_processes 1;\npid {folder / 'nginx.pid'};\n"
+            f"events {{ worker_connections 1024; }}\n"
+            f"http {{\n    access_log off;\n{temp}\n{config}}}\n"
+        )
+        self.log = folder / "error.log"
+        self.process = subprocess.Popen(
+            [binary, "-e", str(self.log), "-p", str(folder), "-c", str(folder / "nginx.conf")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
+        self._wait_until_listening()
+
+    def _wait_until_listening(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), 1),
+            ):
+                return
+            try:
+                self.process.wait(timeout=0.05)  # waiting on the process: did it end?
+            except subprocess.TimeoutExpired:
+                continue
+            raise RuntimeError(f"nginx exited: {self.log.read_text(errors='replace')[-2000:]}")
+        raise RuntimeError(f"nginx did not listen on {self.url}")
+
+    def close(self) -> None:
+        self.process.terminate()
+        self.process.wait(10)
+
+
+def serving(cluster: Cluster, sid: str) -> WebInstance:
+    """The web instance a Socket.IO client is connected to (its connect line names the sid)."""
+    found = [web for web in cluster.webs if f"client {sid} connected" in web.log.read_text()]
+    assert len(found) == 1, "one instance serves the client"
+    return found[0]
+
+
+def test_through_nginx_a_web_instance_killed_mid_stream_and_resume_on_the_other(
+    cluster, listen, audio_file, tmp_path
+):
+    proxy = ClusterNginx(tmp_path / "nginx", upstreams=[web.port for web in cluster.webs])
+    try:
+        task = upload(proxy.url, audio_file(60.0), pipeline=SLOW_PIPELINE, chunk_seconds="0.25")
+        task_id = task["task_id"]
+        first = listen(proxy.url)
+        dropped = threading.Event()
+        first.client.on("disconnect", lambda *args: dropped.set())
+        subscribe(first, task_id)
+        first.wait_chunk(task_id, 2)
+        victim = serving(cluster, first.sid)
+        victim.process.kill()  # kill -9 mid-stream
+        assert dropped.wait(30), "the client saw its connection end"
+        received = first.chunks(task_id)
+        assert [chunk["index"] for chunk in received] == list(range(len(received)))
+        # The client connects again through nginx, which sends it to the other instance.
+        second = listen(proxy.url)
+        assert serving(cluster, second.sid) is not victim
+        subscribe(second, task_id, from_index=len(received))
+        event, data = second.wait_end(task_id)
+        assert event == "processing_complete", data
+        rest = second.chunks(task_id)
+        assert len(received) < data["chunks"], "the instance died mid-stream"
+        indexes = [chunk["index"] for chunk in received + rest]
+        assert indexes == list(range(data["chunks"]))
+        result = requests.get(f"{proxy.url}/tasks/{task_id}/result", timeout=30)
+        assert result.status_code == 200, result.text
+        assert concatenated(received + rest) == wav_pcm(result.content)
+    finally:
+        proxy.close()
