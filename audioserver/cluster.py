@@ -540,13 +540,14 @@ class ClusterEngine(TaskEngine):
             self.redis.ping()
             workers = sum(1 for _ in self.redis.scan_iter(f"{WORKERS}*"))
             queued = self.queue_depth()
+            running = int(self.redis.scard(RUNNING))
             reachable = True
         except redis.RedisError:
-            workers, queued, reachable = 0, 0, False
+            workers, queued, running, reachable = 0, 0, 0, False
         return {
             "status": "ok" if reachable else "degraded",
             "workers": self.workers,
-            "active_tasks": 0,
+            "active_tasks": running,
             "queued_tasks": queued,
             "redis": "ok" if reachable else "unreachable",
             "cluster_workers": workers,

@@ -359,10 +359,22 @@ def _schemas(chunk_seconds: tuple[float, float, float]) -> dict[str, Any]:
             "type": "object",
             "required": ["status", "workers", "active_tasks", "queued_tasks"],
             "properties": {
-                "status": {"const": "ok"},
+                "status": {
+                    "enum": ["ok", "degraded"],
+                    "description": "degraded: a cluster's web instance that cannot reach Redis",
+                },
                 "workers": {"type": "integer", "minimum": 1},
                 "active_tasks": {"type": "integer", "minimum": 0},
                 "queued_tasks": {"type": "integer", "minimum": 0},
+                "redis": {
+                    "enum": ["ok", "unreachable"],
+                    "description": "cluster mode only: whether this instance reaches Redis",
+                },
+                "cluster_workers": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "cluster mode only: workers whose heartbeat is in Redis",
+                },
             },
         },
     }

@@ -166,6 +166,7 @@ def test_stop_on_b_reaches_the_worker_and_every_subscriber(cluster, listen, audi
     subscribe(on_a, task_id)
     subscribe(on_b, task_id)
     on_a.wait_chunk(task_id, 0)
+    assert requests.get(f"{b.url}/healthz", timeout=10).json()["active_tasks"] == 1
     stopper = listen(b.url)
     asked = time.monotonic()
     ack = stopper.client.call("stop", {"task_id": task_id}, timeout=10)
