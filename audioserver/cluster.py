@@ -59,6 +59,7 @@ RUN_TASK = "audioserver.run_task"  # the Celery task a worker runs for each uplo
 TASKS = "audio:tasks"  # the ids of every task the cluster keeps
 EVENTS = "audio:events"  # pub/sub: the id of a task whose log has a new entry
 STOPS = "audio:stops"  # pub/sub: {"task_id", "reason"} for the worker running the task
+PROGRESS = "audio:progress"  # pub/sub: a running task's processing_progress data
 WORKERS = "audio:worker:"  # + worker name: a key each live worker renews (its heartbeat)
 RUNNING = "audio:running"  # the ids of the tasks a worker has started and not yet retired
 LEASE_SECONDS = 10  # a worker's claim on a task lasts this long unless renewed
@@ -263,15 +264,20 @@ def keep_chunks(
 
 
 class LogFollower:
-    """One thread per web instance: wakes a task's cursors when its worker says its log grew."""
+    """One thread per web instance: wakes a task's cursors when its worker says its log grew.
+
+    It also passes the workers' processing_progress on (``on_progress``), in
+    the order the worker published it among the log's wake-ups.
+    """
 
     def __init__(self, client: redis.Redis) -> None:
         self._redis = client
         self._lock = threading.Lock()
         self._logs: dict[str, SharedChunkLog] = {}
         self._stopped = threading.Event()
+        self.on_progress: Callable[[str, dict[str, Any]], None] = lambda task_id, data: None
         self._pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
-        self._pubsub.subscribe(EVENTS)
+        self._pubsub.subscribe(EVENTS, PROGRESS)
         self._thread = threading.Thread(target=self._follow, name="log-follower", daemon=True)
         self._thread.start()
 
@@ -294,6 +300,10 @@ class LogFollower:
                 self._stopped.wait(1.0)
                 continue
             if message is None:
+                continue
+            if message["channel"] == PROGRESS:
+                data = json.loads(message["data"])
+                self.on_progress(data["task_id"], data)
                 continue
             with self._lock:
                 log = self._logs.get(str(message["data"]))
@@ -346,6 +356,11 @@ class RedisTaskStore:
         log = SharedChunkLog(self._redis, task)
         self._follower.watch(task.id, log)
         return log
+
+    def cached(self, task_id: str) -> Task | None:
+        """The copy of a task this instance has already, without asking Redis."""
+        with self._lock:
+            return self._tasks.get(task_id)
 
     def add(self, task: Task) -> None:
         with self._lock:
@@ -415,9 +430,16 @@ class ClusterEngine(TaskEngine):
         longest = {"MAX_AUDIO_SECONDS": settings.get("max_audio_seconds", 4 * 3600.0)}
         self.celery = celery_app(redis_url, visibility_timeout=visibility_timeout(longest))
         super().__init__(store=store, retention=False, **settings)
+        self.follower.on_progress = self._progress
         self._reaping = threading.Event()
         self._reaper = threading.Thread(target=self._reap, name="reaper", daemon=True)
         self._reaper.start()
+
+    def _progress(self, task_id: str, data: dict[str, Any]) -> None:
+        """A worker's processing_progress, for this instance's subscribers of the task."""
+        task = self.cluster_store.cached(task_id)
+        if task is not None:
+            self.delivery.progress(task, data)
 
     # -- workers lost -------------------------------------------------------------------
 

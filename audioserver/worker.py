@@ -29,6 +29,7 @@ from .cluster import (
     EVENTS,
     HEARTBEAT_SECONDS,
     LEASE_SECONDS,
+    PROGRESS,
     QUEUE,
     RUN_TASK,
     RUNNING,
@@ -88,6 +89,20 @@ class StreamedChunkLog(FileChunkLog):
         pipe.execute()
 
 
+class ProgressRelay(Delivery):
+    """A worker has no clients: it publishes processing_progress for the web instances' own."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        super().__init__(NullPublisher(), client_backlog=1)
+        self._redis = client
+
+    def progress(self, task: Task, data: dict[str, Any]) -> None:
+        try:
+            self._redis.publish(PROGRESS, json.dumps(data))
+        except redis.RedisError:  # progress is a hint; the chunks and the end are what count
+            task.log.warning("cannot publish processing_progress", exc_info=True)
+
+
 class Worker:
     """Runs the cluster's tasks in this process (see the module docstring)."""
 
@@ -100,7 +115,7 @@ class Worker:
         self.runner = PoolRunner(self.workers)
         self.context = RunContext(
             runner=self.runner,
-            delivery=Delivery(NullPublisher(), client_backlog=1),  # no clients here
+            delivery=ProgressRelay(self.redis),
             observer=NullObserver(),
             ffmpeg=ffmpeg,
             workers=self.workers,

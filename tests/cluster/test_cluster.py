@@ -163,6 +163,7 @@ def test_stop_on_b_reaches_the_worker_and_every_subscriber(cluster, listen, audi
     task = upload(a.url, audio_file(120.0), pipeline=SLOW_PIPELINE, chunk_seconds="0.25")
     task_id = task["task_id"]
     on_a, on_b = listen(a.url), listen(b.url)
+    on_b.client.on("processing_progress", on_b._recorder("processing_progress"))
     subscribe(on_a, task_id)
     subscribe(on_b, task_id)
     on_a.wait_chunk(task_id, 0)
@@ -181,6 +182,10 @@ def test_stop_on_b_reaches_the_worker_and_every_subscriber(cluster, listen, audi
         assert indexes == list(range(data["chunks_emitted"]))
         assert listener.of_task(task_id)[-1][0] == "processing_stopped"
     assert data["chunks_emitted"] < task["chunks_total"]
+    # The worker's processing_progress reaches instance B's client too, before the end.
+    progress = [data for name, data in on_b.of_task(task_id) if name == "processing_progress"]
+    assert progress, "processing_progress relayed from the worker"
+    assert all(item["stages"] == 2 for item in progress)
     described = requests.get(f"{a.url}/tasks/{task_id}", timeout=10).json()
     assert described["status"] == "stopped"
     # The partial result: what was emitted, from the other instance.
@@ -191,7 +196,7 @@ def test_stop_on_b_reaches_the_worker_and_every_subscriber(cluster, listen, audi
 
 def test_replay_from_index_on_b_of_a_task_uploaded_on_a(cluster, listen, audio_file):
     a, b = cluster.webs
-    task = upload(a.url, audio_file(6.0), pipeline="normalize", chunk_seconds="0.5")
+    task = upload(a.url, audio_file(6.0), pipeline="normalize", chunk_seconds="0.5", format="flac")
     task_id = task["task_id"]
     whole = listen(a.url)
     subscribe(whole, task_id)
@@ -202,6 +207,15 @@ def test_replay_from_index_on_b_of_a_task_uploaded_on_a(cluster, listen, audio_f
     assert late.wait_end(task_id)[0] == "processing_complete"
     assert [chunk["index"] for chunk in late.chunks(task_id)] == list(range(5, data["chunks"]))
     assert concatenated(late.chunks(task_id)) == concatenated(whole.chunks(task_id)[5:])
+    # The result (encoded by the worker), the waveform and DELETE, from the other instance.
+    result = requests.get(f"{b.url}/tasks/{task_id}/result", timeout=70)
+    assert result.status_code == 200, result.text
+    assert result.content[:4] == b"fLaC"
+    waveform = requests.get(f"{b.url}/tasks/{task_id}/waveform.json", timeout=10)
+    assert waveform.status_code == 200 and waveform.json()["version"] == 2
+    assert requests.delete(f"{b.url}/tasks/{task_id}", timeout=10).status_code == 200
+    assert requests.get(f"{a.url}/tasks/{task_id}", timeout=10).status_code == 404
+    assert not (cluster.data_dir / task_id).exists()
 
 
 def test_ten_tasks_over_two_workers_each_whole_and_isolated(cluster, listen, audio_file):
