@@ -42,6 +42,7 @@ from .audio.encode import HEADER_BYTES, WavWriter
 from .audio.pipeline import Stage
 from .chunklog import LogClosed
 from .exceptions import AtCapacity, TaskConflict
+from .messages import Health, ProcessingProgressEvent, TaskJson
 from .run import TaskRun, terminal_core
 from .storage import check_room, remove_folder, save_snapshot
 from .task import TERMINAL, Status, Task, TaskOptions, now, parse_iso
@@ -439,7 +440,7 @@ class ClusterEngine(TaskEngine):
         """A worker's processing_progress, for this instance's subscribers of the task."""
         task = self.cluster_store.cached(task_id)
         if task is not None:
-            self.delivery.progress(task, data)
+            self.delivery.progress(task, cast(ProcessingProgressEvent, data))  # as published
 
     # -- workers lost -------------------------------------------------------------------
 
@@ -549,15 +550,15 @@ class ClusterEngine(TaskEngine):
 
     # -- looking up -------------------------------------------------------------
 
-    def describe(self, task: Task) -> dict[str, Any]:
+    def describe(self, task: Task) -> TaskJson:
         """The task's JSON as its worker last wrote it."""
         snapshot = self.cluster_store.snapshot(task.id)
         if snapshot is None:
             return super().describe(task)
-        described: dict[str, Any] = snapshot["task"]
+        described: TaskJson = snapshot["task"]  # Task.to_json's, through JSON
         return described
 
-    def health(self) -> dict[str, Any]:
+    def health(self) -> Health:
         try:
             self.redis.ping()
             workers = sum(1 for _ in self.redis.scan_iter(f"{WORKERS}*"))

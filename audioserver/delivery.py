@@ -20,12 +20,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .chunklog import LogClosed
-from .task import INTERNAL_META, Task
+from .messages import AudioChunkEvent, ProcessingProgressEvent
+from .task import Task
 
 logger = logging.getLogger("audioserver.delivery")
 
@@ -38,7 +39,7 @@ BACKLOG_POLL_SECONDS = 0.02  # python-engineio has no "queue drained" signal to 
 class Publisher(Protocol):
     """How one packet reaches one client (Socket.IO, or a recorder in tests)."""
 
-    def encode(self, event: str, data: dict[str, Any]) -> Any:
+    def encode(self, event: str, data: Mapping[str, Any]) -> Any:
         """Encode an event once, for sending to any number of clients."""
         ...
 
@@ -58,7 +59,7 @@ class Publisher(Protocol):
 class NullPublisher:
     """A publisher with no clients."""
 
-    def encode(self, event: str, data: dict[str, Any]) -> Any:
+    def encode(self, event: str, data: Mapping[str, Any]) -> Any:
         return None
 
     def send(self, sid: str, packet: Any) -> None:
@@ -71,10 +72,24 @@ class NullPublisher:
         return None
 
 
-def chunk_payload(task: Task, meta: dict[str, Any], pcm: bytes) -> dict[str, Any]:
+def chunk_payload(task: Task, meta: dict[str, Any], pcm: bytes) -> AudioChunkEvent:
     """The audio_chunk event's data for a chunk (chunks_total: the best estimate now)."""
-    payload = {key: value for key, value in meta.items() if key not in INTERNAL_META}
-    payload["chunks_total"] = task.chunks_total
+    payload: AudioChunkEvent = {
+        "task_id": meta["task_id"],
+        "index": meta["index"],
+        "chunks_total": task.chunks_total,
+        "start": meta["start"],
+        "duration": meta["duration"],
+        "sample_rate": meta["sample_rate"],
+        "channels": meta["channels"],
+        "peak_db": meta["peak_db"],
+        "rms_db": meta["rms_db"],
+        "waveform": meta["waveform"],
+        "spectrum": meta["spectrum"],
+        "encoding": meta["encoding"],
+        "processing_ms": meta["processing_ms"],
+        "worker": meta["worker"],
+    }
     if task.options.stream_audio:
         payload["audio"] = pcm
     return payload
@@ -190,7 +205,7 @@ class Delivery:
         with feed.lock:
             return len(feed.cursors)
 
-    def progress(self, task: Task, data: dict[str, Any]) -> None:
+    def progress(self, task: Task, data: ProcessingProgressEvent) -> None:
         """Send processing_progress to the subscribers that have every chunk so far.
 
         Like a chunk, it is never queued for a client that is not reading: a
@@ -249,6 +264,8 @@ class Delivery:
             self._follow(feed, cursor)
         except LogClosed:
             pass  # the task was deleted while the cursor read it
+        except Exception:  # a bug: this client's stream ends, the others go on
+            logger.exception("delivery of task %s to client %s failed", feed.task.id, cursor.sid)
         finally:
             with feed.lock:
                 if feed.cursors.get(cursor.sid) is cursor and not cursor.finished:

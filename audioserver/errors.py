@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
@@ -36,6 +36,8 @@ from .exceptions import (
 
 if TYPE_CHECKING:
     from flask import Flask, Response
+
+    from .messages import ErrorBody
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +97,8 @@ def error_response(status: int, code: str, message: str, /, **extra: Any) -> Res
     metrics = current_app.extensions.get("metrics")
     if metrics is not None:
         metrics.error_answered(status, code)
-    response = jsonify({"error": code, "message": message, **extra})
+    body = cast("ErrorBody", {"error": code, "message": message, **extra})  # extra: its options
+    response = jsonify(body)
     response.status_code = status
     return response
 

@@ -19,7 +19,7 @@ import threading
 import time
 import urllib.parse
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from engineio import packet as eio_packet
@@ -33,6 +33,7 @@ from socketio import packet as sio_packet
 from . import jsonio
 from .errors import CLIENT_FAULTS
 from .exceptions import AudioServerError, BadRequest
+from .messages import ErrorAck, StopAck, SubscribeAck, UnsubscribeAck
 from .tasks import TaskEngine
 
 logger = logging.getLogger(__name__)
@@ -273,7 +274,7 @@ class SocketPublisher:
 
         self._server._send_packet = locked_send_packet
 
-    def encode(self, event: str, data: dict[str, Any]) -> list[eio_packet.Packet]:
+    def encode(self, event: str, data: Mapping[str, Any]) -> list[eio_packet.Packet]:
         """Encode an event once, for any number of clients (JSON and binary attachments)."""
         encoded = self._server.packet_class(
             sio_packet.EVENT, namespace=NAMESPACE, data=[event, data]
@@ -365,7 +366,7 @@ def _request_sid() -> str:
     return sid
 
 
-def _error_ack(error: BaseException) -> dict[str, Any]:
+def _error_ack(error: BaseException) -> ErrorAck:
     """The socket twin of the HTTP error handlers: turn an exception into an error ack."""
     if isinstance(error, AudioServerError):
         return {"ok": False, **error.to_json()}
@@ -387,19 +388,19 @@ def register_handlers(socketio: SocketIO, engine: TaskEngine) -> None:
         engine.disconnected(_request_sid())
 
     @socketio.on("subscribe")
-    def subscribe(*args: Any) -> dict[str, Any]:
+    def subscribe(*args: Any) -> SubscribeAck:
         data = _payload(args)
         task_id = _task_id(data)
         task = engine.subscribe(task_id, _request_sid(), from_index=_from_index(data))
         return {"ok": True, "task": engine.describe(task)}
 
     @socketio.on("unsubscribe")
-    def unsubscribe(*args: Any) -> dict[str, Any]:
+    def unsubscribe(*args: Any) -> UnsubscribeAck:
         engine.unsubscribe(_task_id(_payload(args)), _request_sid())
         return {"ok": True}
 
     @socketio.on("stop")
-    def stop(*args: Any) -> dict[str, Any]:
+    def stop(*args: Any) -> StopAck:
         task = engine.stop(_task_id(_payload(args)))
         return {
             "ok": True,
@@ -409,7 +410,7 @@ def register_handlers(socketio: SocketIO, engine: TaskEngine) -> None:
         }
 
     @socketio.on("*")
-    def unknown_event(event: str, *args: Any) -> dict[str, Any]:
+    def unknown_event(event: str, *args: Any) -> ErrorAck:
         """Any other event: an error ack (sent if the client asked for one)."""
         raise BadRequest(
             f"There is no event {event[:64]!r}. Client events: {', '.join(CLIENT_EVENTS)}.",
@@ -417,5 +418,5 @@ def register_handlers(socketio: SocketIO, engine: TaskEngine) -> None:
         )
 
     @socketio.on_error_default
-    def on_error(error: BaseException) -> dict[str, Any]:
+    def on_error(error: BaseException) -> ErrorAck:
         return _error_ack(error)

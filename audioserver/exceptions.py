@@ -21,7 +21,10 @@ engine raise these, and ``errors.py`` turns them into JSON answers.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:
+    from .messages import ErrorBody  # only for mypy: messages imports the audio package
 
 
 class AudioServerError(Exception):
@@ -37,9 +40,9 @@ class AudioServerError(Exception):
             self.code = code
         self.extra = extra
 
-    def to_json(self) -> dict[str, Any]:
-        """Return the JSON body of this error."""
-        return {"error": self.code, "message": self.message, **self.extra}
+    def to_json(self) -> ErrorBody:
+        """Return the JSON body of this error (extra holds its optional keys: step, status...)."""
+        return cast("ErrorBody", {"error": self.code, "message": self.message, **self.extra})
 
 
 class BadRequest(AudioServerError):

@@ -23,7 +23,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -357,7 +357,7 @@ class Bars:
         self.stream = stream or sys.stderr
         self._drawn = 0
 
-    def draw(self, tasks: list[dict[str, Any] | None]) -> None:
+    def draw(self, tasks: Sequence[Mapping[str, Any] | None]) -> None:
         """Draw one line a task (None: refused), over the lines drawn before."""
         if not self.enabled:
             return
@@ -370,7 +370,7 @@ class Bars:
         self._drawn = len(rows)
 
 
-def line(name: str, task: dict[str, Any] | None) -> str:
+def line(name: str, task: Mapping[str, Any] | None) -> str:
     """One file's progress line."""
     if task is None:
         return f"{name} refused"

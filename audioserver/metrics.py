@@ -7,7 +7,7 @@ active-task gauges are read from the engine when scraped.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -21,7 +21,7 @@ CHUNK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2
 class _EngineGauges:
     """Reads the engine's queue depth and active tasks at each scrape."""
 
-    def __init__(self, health: Callable[[], dict[str, Any]]) -> None:
+    def __init__(self, health: Callable[[], Mapping[str, Any]]) -> None:
         self._health = health
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
@@ -71,7 +71,7 @@ class Metrics:
         for outcome in ("completed", "stopped", "failed"):
             self._tasks.labels(outcome)  # exported at 0 before the first one
 
-    def watch_engine(self, health: Callable[[], dict[str, Any]]) -> None:
+    def watch_engine(self, health: Callable[[], Mapping[str, Any]]) -> None:
         """Export the engine's gauges, read at each scrape."""
         self.registry.register(_EngineGauges(health))
 

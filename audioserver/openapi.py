@@ -1,8 +1,9 @@
 """The OpenAPI 3.1 document of the HTTP API, served as ``GET /openapi.json``.
 
-It is plain Python data, built from the same definitions the server uses
-(the step catalogue, the result formats, the pipeline limits), so the step
-names and formats cannot drift from the code. ``tests/test_openapi.py``
+It is plain Python data, built from the same definitions the server uses: its
+schemas are the typed models of ``messages.py`` (the Socket.IO events' too),
+with the step catalogue's names and the configured bounds, so they cannot
+drift from the code. ``tests/test_openapi.py``
 validates it, checks that it lists every route of the app, and runs
 schemathesis against a live server to check that every answer matches it.
 """
@@ -11,27 +12,35 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import messages
 from .audio.encoders import FORMATS
-from .audio.pipeline import DEFAULT_PIPELINE, MAX_STEPS
 from .audio.steps import catalogue
-from .task import Status
+from .schemas import component_schemas
 
 OPENAPI_VERSION = "3.1.0"
 
-STATUSES = [str(status) for status in Status]
-
 _DESCRIPTION = """\
 Upload an audio file; the server processes it in chunks, in parallel, and
-streams each processed chunk back over Socket.IO (namespace `/`, events
-`audio_chunk`, `processing_complete`, `processing_stopped`,
-`processing_error`; see the README). This document covers the HTTP side.
+streams each processed chunk back over Socket.IO (namespace `/`; see the
+README). This document covers the HTTP side, and the Socket.IO events' data
+in `components.schemas`: the server sends {server_events}; a client sends
+{client_events}, each acknowledged with its ack, or an `ErrorAck`.
 
-Every error is JSON, `{"error": code, "message": ...}` (the `Error`
+Every error is JSON, `{{"error": code, "message": ...}}` (the `Error`
 schema), never HTML: an unknown path is a 404 (`not_found`), and a path
 that exists answers a method it does not list with a 405
 (`method_not_allowed`) and an `Allow` header. `HEAD` and `OPTIONS` are
 answered for every path. No error answers 500 for anything a client sent.
 """
+
+
+def _description() -> str:
+    """The document's introduction, with each Socket.IO event and the schema of its data."""
+    server_events = ", ".join(f"`{name}` (`{schema}`)" for name, schema in messages.EVENTS.items())
+    client_events = ", ".join(
+        f"`{name}` (`{data}`, ack `{ack}`)" for name, (data, ack) in messages.CLIENT_EVENTS.items()
+    )
+    return _DESCRIPTION.format(server_events=server_events, client_events=client_events)
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -74,310 +83,21 @@ _TASK_ID = {
     "example": "5cc6b0e1a4d94c0e9b3a1f6e2d7c8b90",
 }
 
-_DB = {"type": "number", "description": "dB; -120 stands for digital silence (JSON has no -inf)"}
-
 
 def _schemas(chunk_seconds: tuple[float, float, float]) -> dict[str, Any]:
+    """components.schemas: every model of messages.py (the events' too), with today's steps."""
     low, high, default = chunk_seconds
-    step_names = [step.name for step in catalogue()]
-    nullable_number = {"type": ["number", "null"]}
-    return {
-        "Error": {
-            "type": "object",
-            "description": (
-                "Every error answer. Codes: missing_file, empty_filename, too_many_files, "
-                "invalid_parameter, invalid_pipeline, pipeline_too_costly, bad_json, "
-                "bad_multipart, bad_host, bad_request, bad_packet (400); task_not_found, "
-                "not_found (404); method_not_allowed (405); upload_timeout (408); "
-                "task_finished, task_not_ready, task_failed, result_unavailable (409); "
-                "too_large, form_too_large, too_much_audio (413); uri_too_long (414); "
-                "not_audio (415); headers_too_large (431); at_capacity (503); "
-                "insufficient_storage (507)."
-            ),
-            "required": ["error", "message"],
-            "properties": {
-                "error": {"type": "string", "description": "a short machine-readable code"},
-                "message": {"type": "string", "description": "what went wrong and what to do"},
-                "step": {"type": "string", "description": "pipeline errors: the step"},
-                "parameter": {"type": "string", "description": "the parameter at fault"},
-                "position": {
-                    "type": "integer",
-                    "minimum": 1,
-                    "description": "pipeline errors: the step's position, from 1",
-                },
-                "status": {
-                    "type": "string",
-                    "enum": STATUSES,
-                    "description": "409s: the task's status",
-                },
-            },
-        },
-        "PipelineStep": {
-            "type": "object",
-            "description": "A step in the normalised JSON form: its name and every parameter.",
-            "required": ["step"],
-            "properties": {"step": {"type": "string", "enum": step_names}},
-            "additionalProperties": {"type": "number"},
-        },
-        "Summary": {
-            "type": "object",
-            "description": "EBU R128 figures of the output as written; null where one does not "
-            "exist (silence, or shorter than 400 ms / 3 s).",
-            "required": [
-                "integrated_lufs",
-                "true_peak_db",
-                "sample_peak_db",
-                "loudness_range_lu",
-                "duration",
-            ],
-            "properties": {
-                "integrated_lufs": nullable_number,
-                "true_peak_db": _DB,
-                "sample_peak_db": _DB,
-                "loudness_range_lu": nullable_number,
-                "duration": {"type": "number", "minimum": 0},
-                "steps": {
-                    "type": "array",
-                    "description": "what each global step measured and did",
-                    "items": {
-                        "type": "object",
-                        "required": ["step"],
-                        "properties": {"step": {"type": "string", "enum": step_names}},
-                    },
-                },
-            },
-        },
-        "Task": {
-            "type": "object",
-            "required": [
-                "task_id",
-                "status",
-                "filename",
-                "duration",
-                "sample_rate",
-                "channels",
-                "input",
-                "chunk_seconds",
-                "chunks_total",
-                "chunks_done",
-                "progress",
-                "pipeline",
-                "format",
-                "stream_audio",
-                "workers",
-                "created_at",
-                "started_at",
-                "finished_at",
-                "elapsed",
-                "error",
-                "summary",
-                "links",
-            ],
-            "properties": {
-                "task_id": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
-                "status": {"type": "string", "enum": STATUSES},
-                "filename": {"type": "string", "description": "the uploaded name, for display"},
-                "duration": {
-                    "type": ["number", "null"],
-                    "description": "seconds; the container's estimate until decoding ends",
-                },
-                "sample_rate": {"type": "integer", "description": "of the output"},
-                "channels": {"type": "integer", "description": "of the output"},
-                "input": {
-                    "type": "object",
-                    "required": ["sample_rate", "channels", "codec", "duration"],
-                    "properties": {
-                        "sample_rate": {"type": "integer"},
-                        "channels": {"type": "integer"},
-                        "codec": {"type": ["string", "null"]},
-                        "duration": nullable_number,
-                    },
-                },
-                "chunk_seconds": {"type": "number", "minimum": low, "maximum": high},
-                "chunks_total": {
-                    "type": ["integer", "null"],
-                    "description": "an estimate until decoding ends, then exact",
-                },
-                "chunks_done": {"type": "integer", "minimum": 0},
-                "progress": {"type": "number", "minimum": 0, "maximum": 1},
-                "pipeline": {"type": "array", "items": _ref("PipelineStep")},
-                "format": {"type": "string", "enum": list(FORMATS)},
-                "stream_audio": {"type": "boolean"},
-                "workers": {"type": "integer", "minimum": 1},
-                "created_at": {"type": "string", "format": "date-time"},
-                "started_at": {"type": ["string", "null"], "format": "date-time"},
-                "finished_at": {"type": ["string", "null"], "format": "date-time"},
-                "elapsed": {"type": "number", "minimum": 0},
-                "error": {
-                    "oneOf": [
-                        {"type": "null"},
-                        {
-                            "type": "object",
-                            "required": ["error", "message"],
-                            "properties": {
-                                "error": {"type": "string"},
-                                "message": {"type": "string"},
-                            },
-                        },
-                    ]
-                },
-                "summary": {"oneOf": [{"type": "null"}, _ref("Summary")]},
-                "links": {
-                    "type": "object",
-                    "required": ["status", "result", "stop"],
-                    "properties": {
-                        "status": {"type": "string"},
-                        "result": {"type": "string"},
-                        "stop": {"type": "string"},
-                    },
-                },
-            },
-        },
-        "Upload": {
-            "type": "object",
-            "required": ["file"],
-            "properties": {
-                "file": {
-                    "type": "string",
-                    "format": "binary",
-                    "description": "the audio file (any container and codec ffmpeg decodes)",
-                },
-                "pipeline": {
-                    "type": "string",
-                    "description": (
-                        "The steps, in order: text (`highpass=freq=80:order=4,normalize`; steps "
-                        "separated by `,`, options by `:`) or a JSON array "
-                        '(`[{"step": "highpass", "freq": 80}]`). Absent: '
-                        f"`{DEFAULT_PIPELINE}`; empty: no steps. At most {MAX_STEPS} steps; "
-                        f"steps: {', '.join(step_names)} (GET /pipeline/steps)."
-                    ),
-                    "examples": [step.example or step.name for step in catalogue()],
-                },
-                "chunk_seconds": {
-                    "type": "number",
-                    "minimum": low,
-                    "maximum": high,
-                    "default": default,
-                },
-                "format": {"type": "string", "enum": list(FORMATS), "default": "wav"},
-                "sid": {
-                    "type": "string",
-                    "maxLength": 64,
-                    "description": "a connected Socket.IO client's id, subscribed from chunk 0",
-                },
-                "stream_audio": {
-                    "type": "boolean",
-                    "default": True,
-                    "description": "false leaves `audio` out of `audio_chunk` events",
-                },
-            },
-        },
-        "Stopped": {
-            "type": "object",
-            "required": ["message", "task_id", "status"],
-            "properties": {
-                "message": {"type": "string"},
-                "task_id": {"type": "string"},
-                "status": {"const": "stopped"},
-            },
-        },
-        "Deleted": {
-            "type": "object",
-            "required": ["message", "task_id"],
-            "properties": {"message": {"type": "string"}, "task_id": {"type": "string"}},
-        },
-        "Waveform": {
-            "type": "object",
-            "description": "BBC audiowaveform JSON, version 2, as peaks.js reads it "
-            "(`waveformData: {json: ...}`): min/max pairs over all channels, 100 a second.",
-            "required": ["version", "channels", "sample_rate", "samples_per_pixel", "bits"],
-            "properties": {
-                "version": {"const": 2},
-                "channels": {"const": 1},
-                "sample_rate": {"type": "integer"},
-                "samples_per_pixel": {"type": "integer"},
-                "bits": {"const": 8},
-                "length": {"type": "integer", "minimum": 0},
-                "data": {"type": "array", "items": {"type": "integer"}},
-            },
-        },
-        "StepCatalogue": {
-            "type": "object",
-            "required": ["steps", "max_steps", "default_pipeline", "chunk_seconds", "formats"],
-            "properties": {
-                "steps": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "required": ["name", "description", "kind", "parameters", "example"],
-                        "properties": {
-                            "name": {"type": "string", "enum": step_names},
-                            "description": {"type": "string"},
-                            "kind": {"type": "string"},
-                            "parameters": {"type": "array", "items": _ref("StepParameter")},
-                            "example": {"type": "string"},
-                        },
-                    },
-                },
-                "max_steps": {"type": "integer"},
-                "default_pipeline": {"type": "string"},
-                "chunk_seconds": {
-                    "type": "object",
-                    "required": ["min", "max", "default"],
-                    "properties": {
-                        "min": {"type": "number"},
-                        "max": {"type": "number"},
-                        "default": {"type": "number"},
-                    },
-                },
-                "formats": {
-                    "type": "object",
-                    "description": "result format name: its media type",
-                    "additionalProperties": {"type": "string"},
-                },
-            },
-        },
-        "StepParameter": {
-            "type": "object",
-            "required": ["name", "type", "default", "required", "min", "max", "unit"],
-            "properties": {
-                "name": {"type": "string"},
-                "type": {"enum": ["number", "integer"]},
-                "default": {"type": ["number", "null"], "description": "null: required"},
-                "required": {"type": "boolean"},
-                "min": {"type": "number"},
-                "max": {"type": "number"},
-                "max_rate_fraction": {
-                    "type": "number",
-                    "description": "the upper bound as a fraction of the sample rate",
-                },
-                "unit": {"type": "string"},
-                "description": {"type": "string"},
-            },
-        },
-        "Health": {
-            "type": "object",
-            "required": ["status", "workers", "active_tasks", "queued_tasks"],
-            "properties": {
-                "status": {
-                    "enum": ["ok", "degraded"],
-                    "description": "degraded: a cluster's web instance that cannot reach Redis",
-                },
-                "workers": {"type": "integer", "minimum": 1},
-                "active_tasks": {"type": "integer", "minimum": 0},
-                "queued_tasks": {"type": "integer", "minimum": 0},
-                "redis": {
-                    "enum": ["ok", "unreachable"],
-                    "description": "cluster mode only: whether this instance reaches Redis",
-                },
-                "cluster_workers": {
-                    "type": "integer",
-                    "minimum": 0,
-                    "description": "cluster mode only: workers whose heartbeat is in Redis",
-                },
-            },
-        },
+    steps = catalogue()
+    names = [step.name for step in steps]
+    given = {
+        "step_names": names,
+        "step_list": ", ".join(names),
+        "step_examples": [step.example or step.name for step in steps],
+        "chunk_seconds_min": low,
+        "chunk_seconds_max": high,
+        "chunk_seconds_default": default,
     }
+    return component_schemas(messages.COMPONENTS, given=given)
 
 
 def _error_response(description: str, **extra: Any) -> dict[str, Any]:
@@ -547,15 +267,7 @@ def _paths() -> dict[str, Any]:
                 "stopped task again is a 200 too.",
                 "requestBody": {
                     "required": True,
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "required": ["task_id"],
-                                "properties": {"task_id": {"type": "string"}},
-                            }
-                        }
-                    },
+                    "content": {"application/json": {"schema": _ref("TaskRef")}},
                 },
                 "responses": {
                     "200": _json(_ref("Stopped"), "The task is stopped"),
@@ -660,7 +372,7 @@ def document(*, chunk_seconds: tuple[float, float, float]) -> dict[str, Any]:
         "info": {
             "title": "Audio processing server",
             "version": "1",
-            "description": _DESCRIPTION,
+            "description": _description(),
         },
         "tags": [
             {"name": "tasks", "description": "Upload, follow, stop, download, delete"},

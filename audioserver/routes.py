@@ -6,7 +6,7 @@ import math
 import unicodedata
 from collections.abc import Mapping
 from pathlib import Path, PurePath
-from typing import Any, cast
+from typing import cast
 from urllib.parse import quote
 
 from flask import (
@@ -26,7 +26,9 @@ from .audio.encoders import FORMATS
 from .audio.pipeline import MAX_STEPS, Pipeline
 from .audio.steps import catalogue
 from .exceptions import BadRequest, ParameterError
+from .messages import Deleted, Health, StepCatalogue, Stopped, TaskJson, Waveform
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .task import Task
 from .tasks import TaskEngine, TaskOptions
 
 # Re-exported for create_app: the request class and the uploads folder.
@@ -126,7 +128,7 @@ def index() -> str:
 
 
 @bp.post("/upload")
-def upload() -> Response:
+def upload() -> tuple[TaskJson, int, dict[str, str]]:
     """Accept a file and its options; answer 202 with the task while it is processed."""
     engine = _engine()
     uploads.begin_upload()
@@ -158,10 +160,12 @@ def upload() -> Response:
         task = engine.create(
             path, filename=clean_filename(file.filename), options=options, subscriber=subscriber
         )
-    response = jsonify(engine.describe(task))
-    response.status_code = 202
-    response.headers["Location"] = f"/tasks/{task.id}"
-    return response
+    return _describe(engine, task), 202, {"Location": f"/tasks/{task.id}"}
+
+
+def _describe(engine: TaskEngine, task: Task) -> TaskJson:
+    # TaskEngine.describe (tasks.py) is still typed dict[str, Any].
+    return engine.describe(task)
 
 
 def _stop_request_task_id() -> str:
@@ -179,16 +183,16 @@ def _stop_request_task_id() -> str:
 
 
 @bp.post("/stop-processing")
-def stop_processing() -> Response:
+def stop_processing() -> Stopped:
     """Stop a task; its result keeps the chunks emitted before the stop."""
     task = _engine().stop(_stop_request_task_id())
-    return jsonify({"message": "Processing stopped", "task_id": task.id, "status": "stopped"})
+    return {"message": "Processing stopped", "task_id": task.id, "status": "stopped"}
 
 
 @bp.get("/tasks/<task_id>")
-def task_status(task_id: str) -> Response:
+def task_status(task_id: str) -> TaskJson:
     engine = _engine()
-    return jsonify(engine.describe(engine.get(task_id)))
+    return _describe(engine, engine.get(task_id))
 
 
 @bp.get("/tasks/<task_id>/result")
@@ -206,10 +210,11 @@ def task_result(task_id: str) -> Response:
 
 
 @bp.get("/tasks/<task_id>/waveform.json")
-def task_waveform(task_id: str) -> Response:
+def task_waveform(task_id: str) -> Waveform:
     """The output's waveform in BBC audiowaveform JSON (version 2), as peaks.js reads it."""
     engine = _engine()
-    return jsonify(engine.waveform(engine.get(task_id)))
+    # TaskEngine.waveform passes on analysis.audiowaveform's dict[str, Any] (tasks.py).
+    return cast(Waveform, engine.waveform(engine.get(task_id)))
 
 
 def attachment(filename: str) -> str:
@@ -225,26 +230,24 @@ def attachment(filename: str) -> str:
 
 
 @bp.delete("/tasks/<task_id>")
-def delete_task(task_id: str) -> Response:
+def delete_task(task_id: str) -> Deleted:
     """Stop a task if it runs and delete it with its files."""
     _engine().delete(task_id)
-    return jsonify({"message": "Task deleted", "task_id": task_id})
+    return {"message": "Task deleted", "task_id": task_id}
 
 
 @bp.get("/pipeline/steps")
-def pipeline_steps() -> Response:
+def pipeline_steps() -> StepCatalogue:
     """The catalogue of steps, from the step definitions themselves."""
-    steps = [step.catalogue() for step in catalogue()]
-    return jsonify(
-        {
-            "steps": steps,
-            "max_steps": MAX_STEPS,
-            "default_pipeline": "normalize",
-            "chunk_seconds": dict(zip(("min", "max", "default"), CHUNK_SECONDS, strict=True)),
-            "formats": {name: spec.mime_type for name, spec in FORMATS.items()},
-            "max_upload_bytes": current_app.config["MAX_CONTENT_LENGTH"],
-        }
-    )
+    low, high, default = CHUNK_SECONDS
+    return {
+        "steps": [step.catalogue() for step in catalogue()],
+        "max_steps": MAX_STEPS,
+        "default_pipeline": "normalize",
+        "chunk_seconds": {"min": low, "max": high, "default": default},
+        "formats": {name: spec.mime_type for name, spec in FORMATS.items()},
+        "max_upload_bytes": current_app.config["MAX_CONTENT_LENGTH"],
+    }
 
 
 @bp.get("/metrics")
@@ -255,7 +258,8 @@ def metrics() -> Response:
 
 
 @bp.get("/healthz")
-def healthz() -> dict[str, Any]:
+def healthz() -> Health:
+    # TaskEngine.health is typed dict[str, Any] (tasks.py).
     return _engine().health()
 
 

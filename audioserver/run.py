@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -37,6 +37,7 @@ from .audio.pipeline import Stage
 from .audio.steps import Block
 from .delivery import Delivery
 from .exceptions import AudioServerError, DecodeError, PayloadTooLarge
+from .messages import TerminalCore
 from .storage import remove_folder, save_snapshot
 from .task import TERMINAL, ChunkOutput, FairQueue, Status, Task, now
 
@@ -602,7 +603,14 @@ class TaskRun:
         self._finish_encoding()
 
 
-def terminal_core(task: Task, status: Status) -> dict[str, Any]:
+TERMINAL_STATUS: dict[Status, Literal["completed", "stopped", "failed"]] = {
+    Status.COMPLETED: "completed",
+    Status.STOPPED: "stopped",
+    Status.FAILED: "failed",
+}
+
+
+def terminal_core(task: Task, status: Status) -> TerminalCore:
     """The fields every terminal event carries, whatever the ending (called under the lock).
 
     ``duration`` is the audio emitted (the result's length), ``summary`` and
@@ -615,7 +623,7 @@ def terminal_core(task: Task, status: Status) -> dict[str, Any]:
     )
     return {
         "task_id": task.id,
-        "status": str(status),
+        "status": TERMINAL_STATUS[status],
         "chunks_emitted": task.next_index,
         "duration": task.output_frames / task.stages[-1].output_rate,
         "elapsed": round(task.elapsed, 3),

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .audio.decode import AudioInfo, Decoder
 from .audio.encoders import StreamEncoder
@@ -25,6 +25,9 @@ from .audio.meter import ChunkMeasure, OutputMeter
 from .audio.pipeline import Pipeline, Stage
 from .chunklog import ChunkLog, FileChunkLog
 from .storage import ChunkStore
+
+if TYPE_CHECKING:  # messages.py names the statuses of task.py
+    from .messages import TaskJson
 
 logger = logging.getLogger("audioserver.tasks")
 
@@ -342,7 +345,7 @@ class Task:
             return 0.0
         return ((self.finished_at or now()) - self.started_at).total_seconds()
 
-    def to_json(self, *, workers: int) -> dict[str, Any]:
+    def to_json(self, *, workers: int) -> TaskJson:
         """Return the task as the API shows it."""
         last = self.stages[-1]
         return {

@@ -47,6 +47,7 @@ from .exceptions import (
     TaskConflict,
     TaskNotFound,
 )
+from .messages import Health, TaskJson
 from .retention import Retention
 from .run import (
     PROGRESS_SECONDS,
@@ -227,12 +228,12 @@ class TaskEngine:
             )
         return task
 
-    def describe(self, task: Task) -> dict[str, Any]:
+    def describe(self, task: Task) -> TaskJson:
         """Return a task's JSON."""
         with task.lock:
             return task.to_json(workers=self.workers)
 
-    def health(self) -> dict[str, Any]:
+    def health(self) -> Health:
         with self._lock:
             return {
                 "status": "ok",

@@ -45,6 +45,7 @@ from .cluster import (
     visibility_timeout,
 )
 from .delivery import Delivery, NullPublisher
+from .messages import ProcessingProgressEvent
 from .run import NullObserver, PoolRunner, RunContext, TaskRun
 from .task import TERMINAL, Status, Task, now
 
@@ -96,7 +97,7 @@ class ProgressRelay(Delivery):
         super().__init__(NullPublisher(), client_backlog=1)
         self._redis = client
 
-    def progress(self, task: Task, data: dict[str, Any]) -> None:
+    def progress(self, task: Task, data: ProcessingProgressEvent) -> None:
         try:
             self._redis.publish(PROGRESS, json.dumps(data))
         except redis.RedisError:  # progress is a hint; the chunks and the end are what count

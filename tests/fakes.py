@@ -89,7 +89,12 @@ class LogTask:
     def write(self, count: int, *, start: int = 0) -> None:
         """Append count chunks (their meta says their index; their audio is 4 bytes)."""
         for index in range(start, start + count):
-            meta = {"task_id": self.id, "index": index, "frames": 1}
+            meta = {
+                "task_id": self.id, "index": index, "start": index * 0.1, "duration": 0.1,
+                "sample_rate": 10, "channels": 1, "peak_db": -6.0, "rms_db": -9.0,
+                "waveform": [[-0.5, 0.5]], "spectrum": [-60.0] * 8, "encoding": "pcm_s16le",
+                "processing_ms": 1.0, "worker": "worker_0", "frames": 1, "waveform_first": index,
+            }  # fmt: skip
             self.chunk_log.append(meta, index.to_bytes(4, "little"))
 
     def finish(self, event: str = "processing_complete") -> None:
