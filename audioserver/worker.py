@@ -12,6 +12,7 @@ own (its heartbeat), and stops a task when a web instance asks.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -48,6 +49,7 @@ from .delivery import Delivery, NullPublisher
 from .messages import ProcessingProgressEvent
 from .run import NullObserver, PoolRunner, RunContext, TaskRun
 from .task import TERMINAL, Status, Task, now
+from .tasks import too_much_audio
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +125,7 @@ class Worker:
             max_audio_seconds=settings["MAX_AUDIO_SECONDS"],
             max_audio_samples=settings["MAX_AUDIO_SAMPLES"],
             stall_seconds=settings["DECODE_STALL_SECONDS"],
-            too_much_audio=lambda info: "The audio holds more samples than the server takes.",
+            too_much_audio=functools.partial(too_much_audio, limit=settings["MAX_AUDIO_SAMPLES"]),
             on_end=lambda task: None,
             on_retired=lambda task: None,
         )
