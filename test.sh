@@ -18,6 +18,14 @@ if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ] && [ "$(id -u)" = 0
     { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null; } ||
         echo "Could not install nginx: its deployment test will skip (and fail under CI=true)." >&2
 fi
+# The cluster tests (tests/cluster) run a real redis-server: install it the same way.
+if ! command -v redis-server >/dev/null && [ ! -x /usr/bin/redis-server ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "Installing redis-server for the cluster tests (apt-get)..." >&2
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; } ||
+        echo "Could not install redis-server: tests/cluster will skip (and fail under CI=true)." >&2
+elif ! command -v redis-server >/dev/null && [ ! -x /usr/bin/redis-server ]; then
+    echo "No redis-server: tests/cluster will skip (as root: apt-get install redis-server)." >&2
+fi
 .venv/bin/python -m ruff check .
 .venv/bin/python -m ruff format --check .
 .venv/bin/python -m mypy  # strict, on the files pyproject.toml names

@@ -57,8 +57,19 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     )
     publisher = SocketPublisher(socketio)
     app.extensions["audio_publisher"] = publisher
-    engine = TaskEngine.from_config(
-        app.config, data_dir=data_dir, ffmpeg=ffmpeg, publisher=publisher, observer=metrics
+    engine_class: type[TaskEngine] = TaskEngine
+    cluster: dict[str, Any] = {}
+    if app.config["REDIS_URL"]:  # a web instance of a cluster (cluster.py)
+        from .cluster import ClusterEngine
+
+        engine_class, cluster = ClusterEngine, {"redis_url": app.config["REDIS_URL"]}
+    engine = engine_class.from_config(
+        app.config,
+        data_dir=data_dir,
+        ffmpeg=ffmpeg,
+        publisher=publisher,
+        observer=metrics,
+        **cluster,
     )
     metrics.watch_engine(engine.health)
     app.extensions["audio_engine"] = engine

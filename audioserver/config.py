@@ -187,6 +187,14 @@ SETTINGS: tuple[Setting, ...] = (
         help="npm, to fetch the page's Socket.IO client and peaks.js at first start when "
         "neither static/vendor nor the cache has them (none: never run npm)",
     ),
+    Setting(
+        name="REDIS_URL",
+        default="",
+        type=str,
+        help="cluster mode (redis://host:6379/0): task state, the queue and wake-ups in this "
+        "Redis, shared with every web instance and worker (python app.py worker), DATA_DIR "
+        "on a filesystem they all share; empty: one process does everything",
+    ),
     Setting(name="LOG_LEVEL", default="INFO", type=str, help="DEBUG, INFO, WARNING or ERROR"),
 )
 

@@ -235,10 +235,19 @@ class StepCatalogue(TypedDict):
 class Health(TypedDict):
     """GET /healthz: the server is up."""
 
-    status: Literal["ok"]
+    status: Annotated[
+        Literal["ok", "degraded"], Doc("degraded: a cluster's web instance that cannot reach Redis")
+    ]
     workers: Annotated[int, Schema(minimum=1)]
     active_tasks: Count
     queued_tasks: Count
+    redis: Annotated[
+        NotRequired[Literal["ok", "unreachable"]],
+        Doc("cluster mode only: whether this instance reaches Redis"),
+    ]
+    cluster_workers: Annotated[
+        NotRequired[Count], Doc("cluster mode only: workers whose heartbeat is in Redis")
+    ]
 
 
 # -- requests ----------------------------------------------------------------------------------

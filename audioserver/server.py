@@ -141,6 +141,10 @@ def main(argv: list[str] | None = None) -> None:
         from . import local
 
         sys.exit(local.main(arguments[1:], prog=f"{prog} process"))
+    if arguments[:1] == ["worker"]:  # a cluster worker (REDIS_URL): see worker.py
+        from . import worker
+
+        sys.exit(worker.main(arguments[1:], prog=f"{prog} worker"))
     overrides = config.parse_command_line(argv, prog=prog)
     settings = {**config.defaults(), **config.from_environment(), **overrides}
     configure_logging(settings["LOG_LEVEL"])

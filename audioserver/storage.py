@@ -93,6 +93,10 @@ class ChunkStore:
         self._index.append((self._meta_bytes, len(line), pcm_offset, len(pcm)))
         self._meta_bytes += len(line)
 
+    def locate(self, index: int) -> tuple[int, int, int, int]:
+        """Where chunk index is: (analysis offset, length, PCM offset in the data, length)."""
+        return self._index[index]
+
     def read(self, index: int) -> tuple[dict[str, Any], bytes]:
         """Return the analysis and PCM of an emitted chunk."""
         _, _, pcm_offset, pcm_length = self._index[index]

@@ -23,7 +23,7 @@ from .audio.decode import AudioInfo, Decoder
 from .audio.encoders import StreamEncoder
 from .audio.meter import ChunkMeasure, OutputMeter
 from .audio.pipeline import Pipeline, Stage
-from .chunklog import FileChunkLog
+from .chunklog import ChunkLog, FileChunkLog
 from .storage import ChunkStore
 
 if TYPE_CHECKING:  # messages.py names the statuses of task.py
@@ -242,7 +242,7 @@ class Task:
         self.store = ChunkStore(
             folder, sample_rate=last.output_rate, channels=last.output_channels, existing=existing
         )
-        self.chunk_log = FileChunkLog(self.store)
+        self.chunk_log: ChunkLog = FileChunkLog(self.store)
 
     @property
     def terminal(self) -> tuple[str, dict[str, Any]] | None:

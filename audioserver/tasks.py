@@ -85,6 +85,18 @@ MIN_SAMPLE_RATE = 4000
 MAX_SAMPLE_RATE = 768_000
 
 
+def too_much_audio(info: AudioInfo, *, limit: int) -> str:
+    """The message of a file that decodes to more than limit samples (MAX_AUDIO_SAMPLES)."""
+    hours = limit / (48000 * 2 * 3600)
+    seconds = limit / (info.sample_rate * info.channels)
+    return (
+        f"The audio holds more than {limit:,} samples ({hours:g} h of 48 kHz stereo; "
+        f"{seconds:,.0f} s at this file's {info.sample_rate} Hz and {info.channels} "
+        "channels), the most one upload may decode to. Split the file, or lower its "
+        "sample rate or channel count first."
+    )
+
+
 class TaskEngine:
     """Accepts tasks, runs them on one shared thread pool, and serves their subscribers."""
 
@@ -110,6 +122,7 @@ class TaskEngine:
         observer: Observer | None = None,
         store: TaskStore | None = None,
         runner: Runner | None = None,
+        retention: bool = True,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -162,8 +175,9 @@ class TaskEngine:
             ttl_seconds=result_ttl_seconds,
             max_data_bytes=max_data_bytes,
         )
-        self.retention.restore()
-        self.retention.start(sweep_seconds)
+        if retention:  # in cluster mode the folders are the workers' (see cluster.py)
+            self.retention.restore()
+            self.retention.start(sweep_seconds)
 
     @classmethod
     def from_config(
@@ -360,15 +374,7 @@ class TaskEngine:
         )
 
     def _too_much_audio(self, info: AudioInfo) -> str:
-        limit = self.max_audio_samples
-        hours = limit / (48000 * 2 * 3600)
-        seconds = limit / (info.sample_rate * info.channels)
-        return (
-            f"The audio holds more than {limit:,} samples ({hours:g} h of 48 kHz stereo; "
-            f"{seconds:,.0f} s at this file's {info.sample_rate} Hz and {info.channels} "
-            "channels), the most one upload may decode to. Split the file, or lower its "
-            "sample rate or channel count first."
-        )
+        return too_much_audio(info, limit=self.max_audio_samples)
 
     def _check_room(self, info: AudioInfo, stages: list[Stage], options: TaskOptions) -> None:
         """Refuse a task (507) the disk cannot hold besides what running tasks will still write."""
