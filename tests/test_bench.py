@@ -26,8 +26,9 @@ def test_the_benchmark_measures_every_figure(tmp_path):
     report = json.loads(report_path.read_text())
     assert report["mode"] == "short"
     figures = {row["figure"]: row for row in report["figures"]}
-    assert len(figures) == 11
+    assert len(figures) == 15
     assert "audio-server process vs ffmpeg-normalize (x faster)" in figures
+    assert "Server CPU over decoder CPU, 60 s file (x)" in figures
     for row in figures.values():
         assert math.isfinite(row["value"]) and row["value"] > 0, row
     measured = report["measurements"]
@@ -36,3 +37,7 @@ def test_the_benchmark_measures_every_figure(tmp_path):
     assert measured["audio_complete"] == 1.0  # the client received every byte of audio
     assert measured["stop_pool_stayed_busy"] is True
     assert "| figure | value | target | met |" in result.stdout
+    catalogue = {(entry["pipeline"], entry["format"]) for entry in measured["catalogue"]}
+    assert ("", "opus") in catalogue and ("compressor", "wav") in catalogue
+    assert all(entry["over_decode"] > 0 for entry in measured["catalogue"])
+    assert measured["short_server_cpu_s"] > 0 and measured["long_decode_cpu_s"] > 0
