@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import signal
 
+from . import biquads
 from .steps.filters import settle_frames
 
 SUB_BLOCK_SECONDS = 0.1
@@ -146,14 +147,14 @@ def chunk_energies(samples: np.ndarray, *, sample_rate: int, start: int, pre: in
     weights = channel_weights(samples.shape[1])
     # Filtering the pre-roll too brings the filter to the state it has at the body's first
     # frame in one pass over the whole stream (exactly so when the pre-roll reaches frame 0).
-    # Channels first: scipy filters along the last axis of a C-ordered array without
-    # moving axes (three times faster than along axis 0 of frames-first samples).
-    filtered = signal.sosfilt(k_weighting_sos(sample_rate), samples.T, axis=-1)[:, pre:]
-    length = filtered.shape[1]
+    # One pass: the filter, the squares and the channels' weighted sum (see biquads.py).
+    power = biquads.k_weighted_power(
+        k_weighting_sos(sample_rate), samples, weights=weights, skip=pre
+    )
+    length = len(power)
     last = _sub_block_of(start + length - 1, sample_rate)
     inner = _sub_block_starts(np.arange(first + 1, last + 1), sample_rate) - start
     offsets = np.concatenate([[0], inner]).astype(np.intp)
-    power = weights @ np.square(filtered, out=filtered)
     # reduceat sums each segment on its own: no cancellation as with differences of a cumsum.
     sums = np.add.reduceat(power, offsets)
     frames = np.diff(np.append(offsets, length)).astype(np.int64)
