@@ -140,30 +140,51 @@ def spectrum(samples: np.ndarray, *, sample_rate: int, bands: int = SPECTRUM_BAN
     if frames < 16:
         return [SILENCE_DB] * bands
     segment = min(frames, _SPECTRUM_SEGMENT)
-    starts = np.unique(np.append(np.arange(0, frames - segment + 1, segment), frames - segment))
-    pieces = mono.astype(np.float32)[starts[:, np.newaxis] + np.arange(segment)]
+    # Whole segments side by side, then one more ending at the chunk's end if they fall short.
+    whole, short = divmod(frames, segment)
+    pieces = np.empty((whole + (1 if short else 0), segment), dtype=np.float32)
+    pieces[:whole] = mono[: whole * segment].reshape(whole, segment)
+    if short:
+        pieces[whole] = mono[frames - segment :]
     window = _hann(segment)
-    power = np.mean(np.abs(scipy.fft.rfft(pieces * window, axis=1)) ** 2, axis=0)
+    pieces *= window
+    power = np.mean(np.abs(scipy.fft.rfft(pieces, axis=1)) ** 2, axis=0)
+    bins = _spectrum_bins(sample_rate, segment, bands)
     # One-sided density, as Welch's method scales it: power per Hz.
     density = power.astype(np.float64) * 2 / (sample_rate * float(np.dot(window, window)))
     density[0] /= 2
     if segment % 2 == 0:
         density[-1] /= 2
-    bin_width = sample_rate / segment
-    freqs = np.arange(len(density)) * bin_width
-    edges = _band_edges(sample_rate, bands)
     # Power of each band = integral of the density over it.
-    cumulative = np.concatenate([[0.0], np.cumsum(density) * bin_width])
-    index = np.searchsorted(freqs, edges)
-    band_power = cumulative[index[1:]] - cumulative[index[:-1]]
-    empty = index[1:] == index[:-1]
-    if np.any(empty):
-        centres = np.sqrt(edges[:-1] * edges[1:])[empty]
-        nearest = np.clip(np.rint(centres / bin_width).astype(np.int64), 0, len(density) - 1)
-        band_power[empty] = density[nearest] * (edges[1:] - edges[:-1])[empty]
+    cumulative = np.concatenate([[0.0], np.cumsum(density) * bins.width])
+    band_power = cumulative[bins.index[1:]] - cumulative[bins.index[:-1]]
+    band_power[bins.empty] = density[bins.nearest] * bins.empty_widths
     # A sine of amplitude A has power A**2 / 2: double it so full scale reads 0 dB.
     levels: list[float] = np.round(to_db(2.0 * band_power, power=True), 2).tolist()
     return levels
+
+
+@dataclass(frozen=True)
+class _Bins:
+    """Where each band lies among a segment's FFT bins (the same for every chunk)."""
+
+    width: float  # Hz per bin
+    index: np.ndarray  # first bin at or above each band edge
+    empty: np.ndarray  # bands that hold no bin
+    nearest: np.ndarray  # for those, the bin nearest their centre
+    empty_widths: np.ndarray  # and their width in Hz
+
+
+@functools.lru_cache(maxsize=32)
+def _spectrum_bins(sample_rate: int, segment: int, bands: int) -> _Bins:
+    width = sample_rate / segment
+    freqs = np.arange(segment // 2 + 1) * width
+    edges = _band_edges(sample_rate, bands)
+    index = np.searchsorted(freqs, edges)
+    empty = index[1:] == index[:-1]
+    centres = np.sqrt(edges[:-1] * edges[1:])[empty]
+    nearest = np.clip(np.rint(centres / width).astype(np.int64), 0, len(freqs) - 1)
+    return _Bins(width, index, empty, nearest, (edges[1:] - edges[:-1])[empty])
 
 
 def to_pcm16(samples: np.ndarray) -> bytes:
