@@ -1,4 +1,4 @@
-"""The numba biquad kernels: scipy's sosfilt, to the bit, for every channel at once."""
+"""biquads: scipy's sosfilt to the bit, a stereo pair filtered as one complex signal."""
 
 from __future__ import annotations
 
@@ -37,4 +37,9 @@ def test_k_weighted_power_is_the_weighted_sum_of_the_filtered_squares():
     expected = np.square(signal.sosfilt(sos, x, axis=0)[1000:]) @ weights
     power = biquads.k_weighted_power(sos, x, weights=weights, skip=1000)
     np.testing.assert_allclose(power, expected, rtol=1e-13)
+    stereo = x[:, :2]  # the complex path
+    expected = np.square(signal.sosfilt(sos, stereo, axis=0)[1000:]) @ [1.0, 1.0]
+    assert np.array_equal(
+        biquads.k_weighted_power(sos, stereo, weights=np.ones(2), skip=1000), expected
+    )
     assert len(biquads.k_weighted_power(sos, x[:10], weights=weights, skip=50)) == 0

@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 
 from ..exceptions import ParameterError
-from . import biquads
 from .steps import Block, GlobalStep, Step
 
 MAX_STEPS = 32
@@ -306,11 +305,8 @@ class Pipeline:
     ) -> list[Stage]:
         """Bind every step to the rate and channels it will see, and split the steps into stages.
 
-        output_pre_roll(rate) is the pre-roll the output's own meter needs. The first
-        plan in a process loads the filter kernels (numba: about a second), so that no
-        chunk waits for them.
+        output_pre_roll(rate) is the pre-roll the output's own meter needs.
         """
-        biquads.load()
         for step in self.steps:
             step.sample_rate = None  # set again by each step's bind: the first unset one failed
         groups: list[tuple[list[Step], GlobalStep | None]] = []
