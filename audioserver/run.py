@@ -27,8 +27,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol
 
-import numpy as np
-
 from .audio import analysis
 from .audio.chunking import Chunk, Spool, decoded_chunks, spooled_chunks
 from .audio.decode import Decoder
@@ -393,26 +391,23 @@ class TaskRun:
         """Return the analysis, 16-bit PCM and summary measure of a processed chunk."""
         task = self.task
         rate = block.sample_rate
-        block = block.with_samples(np.clip(block.samples, -1.0, 1.0))
-        samples = block.body
-        peak_db, rms_db = analysis.levels(samples)
+        chunk = analysis.analyse_chunk(block, meter=task.meter, stage=task.stages[-1])
         meta = {
             "task_id": task.id,
             "index": index,
             "start": block.body_start / rate,
-            "duration": len(samples) / rate,
+            "duration": chunk.frames / rate,
             "sample_rate": rate,
             "channels": block.channels,
-            "peak_db": round(peak_db, 2),
-            "rms_db": round(rms_db, 2),
-            "waveform": analysis.waveform(samples, sample_rate=rate, start=block.body_start),
-            "spectrum": analysis.spectrum(samples, sample_rate=rate),
+            "peak_db": chunk.peak_db,
+            "rms_db": chunk.rms_db,
+            "waveform": chunk.waveform,
+            "spectrum": chunk.spectrum,
             "encoding": "pcm_s16le",
-            "frames": len(samples),
-            "waveform_first": analysis.waveform_index(block.body_start, sample_rate=rate),
+            "frames": chunk.frames,
+            "waveform_first": chunk.waveform_first,
         }
-        measure = task.meter.measure(block)
-        pcm = analysis.to_pcm16(samples)
+        measure, pcm = chunk.measure, chunk.pcm
         meta["processing_ms"] = round((time.perf_counter() - started) * 1000, 2)
         meta["worker"] = threading.current_thread().name
         return ChunkOutput(meta, pcm, measure)

@@ -83,7 +83,7 @@ class ProcessedChunks(Iterator[AudioSegment]):
             folder = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="audioserver-")))
             for number, stage in enumerate(self.stages):
                 if stage.boundary is None:  # the last stage: its chunks are the output
-                    yield from (self._output(stage.run(chunk.block())) for chunk in source)
+                    yield from (self._output(stage, stage.run(chunk.block())) for chunk in source)
                     break
                 spool = Spool(
                     folder / f"spool-{number}.f32",
@@ -115,10 +115,10 @@ class ProcessedChunks(Iterator[AudioSegment]):
             spool.write(block.body_start, block.body)
         boundary.reduce(measurements)
 
-    def _output(self, block: Block) -> AudioSegment:
+    def _output(self, stage: Stage, block: Block) -> AudioSegment:
         """Return an output chunk as the server makes it: clipped, measured, 16-bit."""
         block = block.with_samples(np.clip(block.samples, -1.0, 1.0))
-        self._measures.append(self._meter.measure(block))
+        self._measures.append(self._meter.measure(block, known_loudness=stage.known_loudness()))
         return AudioSegment(
             data=analysis.to_pcm16(block.body),
             sample_width=OUTPUT_SAMPLE_WIDTH,

@@ -8,6 +8,7 @@ audio MP3 files made by the project's own ffmpeg.
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import socket
 import subprocess
@@ -118,6 +119,11 @@ class ServerProcess:
                     f"the server exited with {self.process.returncode}\n{log}"
                 ) from None
         raise RuntimeError(f"the server did not answer on {self.url} in {timeout} s")
+
+    def cpu_seconds(self) -> float:
+        """CPU time the server process itself has used so far (its threads; not its children)."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def peak_rss_mb(self) -> float:
         """Peak resident memory of the server process so far (Linux: VmHWM)."""
@@ -278,9 +284,18 @@ class Client:
 
 def run_command(command: list[str], **kwargs: Any) -> float:
     """Run a command; return its wall time in seconds."""
+    return run_command_cpu(command, **kwargs)[0]
+
+
+def run_command_cpu(command: list[str], **kwargs: Any) -> tuple[float, float]:
+    """Run a command; return its wall time and the CPU time it used (user + system), in seconds."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kwargs)
-    return time.perf_counter() - started
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    return wall, cpu
 
 
 def ffmpeg_normalize_command(source: Path, output: Path) -> tuple[list[str], dict[str, str]]:

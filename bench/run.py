@@ -6,7 +6,7 @@ by ``python app.py process`` (the same engine in one process, no server).
 
     .venv/bin/python bench/run.py                  # full: 6- and 40-minute files, medians of 3 runs
     .venv/bin/python bench/run.py --short          # small files, one run: what CI runs
-    .venv/bin/python bench/run.py --only fairness  # one section (repeat --only for more)
+    .venv/bin/python bench/run.py --only cpu,catalogue --only fairness   # some parts only
 
 Every figure is a ratio of two things measured side by side in this run, on
 this machine, so that it means the same on a slower or a faster one.
@@ -38,6 +38,7 @@ from harness import (
     ffmpeg_normalize_command,
     make_mp3,
     run_command,
+    run_command_cpu,
 )
 
 from audioserver.audio.ffmpeg import find_ffmpeg
@@ -49,7 +50,21 @@ STREAMING_PIPELINE = "highpass=freq=80"  # no global step: chunks flow as decodi
 # so a first chunk would measure the length of that pass, not the share of the pool.
 BUSY_PIPELINE = "highpass=freq=80,gain=db=-3"
 CORES = os.cpu_count() or 1
-SECTIONS = ("e2e", "latency", "memory", "stop", "concurrency", "fairness", "capacity")
+# What each step and output format costs, on the short file: (label, pipeline, format).
+CATALOGUE = [
+    ("analysis only (no steps)", "", "wav"),
+    ("compressor", "compressor", "wav"),
+    ("resample=rate=48000", "resample=rate=48000", "wav"),
+    (PIPELINE, PIPELINE, "wav"),
+    ("highpass=freq=80,compressor,loudness=target=-16,fade_out=seconds=3",
+     "highpass=freq=80,compressor,loudness=target=-16,fade_out=seconds=3", "wav"),
+    ("flac (analysis only)", "", "flac"),
+    ("mp3 (analysis only)", "", "mp3"),
+    ("ogg (analysis only)", "", "ogg"),
+    ("opus (analysis only)", "", "opus"),
+]  # fmt: skip
+SECTIONS = ("e2e", "cpu", "catalogue", "latency", "memory", "stop", "concurrency", "fairness",
+            "capacity")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -76,12 +91,14 @@ def median(measure: Callable[[], float], runs: int) -> float:
     return statistics.median(measure() for _ in range(runs))
 
 
-def e2e(server: ServerProcess, path: Path, pipeline: str = PIPELINE) -> dict[str, float]:
+def e2e(
+    server: ServerProcess, path: Path, pipeline: str = PIPELINE, fmt: str = "wav"
+) -> dict[str, float]:
     """Upload to processing_complete receiving all audio; also first-chunk latency, wire cost."""
     client = Client(server.url)
     try:
         started = time.perf_counter()
-        task = client.upload(path, pipeline=pipeline)
+        task = client.upload(path, pipeline=pipeline, format=fmt)
         answered = time.perf_counter()
         event, end, finished = client.wait_end(task["task_id"])
         assert event == "processing_complete", end
@@ -108,8 +125,7 @@ def measure_e2e(sizes: Sizes, files: dict[str, Path]) -> dict[str, Any]:
         local = [sys.executable, str(ROOT / "app.py"), "process", str(long), "--pipeline",
                  PIPELINE, "--workers", str(CORES), "-o", str(output)]  # fmt: skip
         results["local_process_s"] = median(lambda: run_command(local), sizes.runs)
-    decode = [find_ffmpeg(), "-v", "error", "-i", str(long), "-f", "null", "-"]
-    results["decode_floor_s"] = median(lambda: run_command(decode), sizes.runs)
+    results["decode_floor_s"] = median(lambda: run_command(decode_command(long)), sizes.runs)
     with ServerProcess(workers=CORES) as server:
         runs = [e2e(server, long) for _ in range(sizes.runs)]
     results["e2e_s"] = statistics.median(run["seconds"] for run in runs)
@@ -118,6 +134,56 @@ def measure_e2e(sizes: Sizes, files: dict[str, Path]) -> dict[str, Any]:
     with ServerProcess(workers=1) as server:
         results["e2e_1_worker_s"] = median(lambda: e2e(server, long)["seconds"], sizes.runs)
     return results
+
+
+def decode_command(path: Path) -> list[str]:
+    """Bare decoding, the floor: ffmpeg decoding the file to nothing."""
+    return [find_ffmpeg(), "-v", "error", "-i", str(path), "-f", "null", "-"]
+
+
+def measure_cpu(sizes: Sizes, files: dict[str, Path]) -> dict[str, Any]:
+    """E2E and the server's own CPU for the task, each over bare decoding, side by side per run.
+
+    Each run decodes the file bare (wall and CPU time), then processes it
+    through the server (wall time, and the CPU the server process used: its
+    threads, not the decoder it starts); the figures are medians of the ratios.
+    """
+    results: dict[str, Any] = {}
+    with ServerProcess(workers=CORES) as server:
+        e2e(server, files["short"])  # warm up: first imports, FFT plans
+        for name, path in files.items():
+            runs = []
+            for _ in range(sizes.runs):
+                decode_wall, decode_cpu = run_command_cpu(decode_command(path))
+                before = server.cpu_seconds()
+                seconds = e2e(server, path)["seconds"]
+                runs.append((decode_wall, decode_cpu, seconds, server.cpu_seconds() - before))
+            for index, figure in enumerate(("decode_s", "decode_cpu_s", "e2e_s", "server_cpu_s")):
+                results[f"{name}_{figure}"] = statistics.median(run[index] for run in runs)
+            results[f"{name}_e2e_over_decode"] = statistics.median(r[2] / r[0] for r in runs)
+            results[f"{name}_cpu_over_decode_cpu"] = statistics.median(r[3] / r[1] for r in runs)
+        with tempfile.TemporaryDirectory() as folder:
+            command, env = ffmpeg_normalize_command(files["short"], Path(folder) / "out.wav")
+            normalize = [run_command(command, env=env) for _ in range(sizes.runs)]
+        results["short_ffmpeg_normalize_s"] = statistics.median(normalize)
+    return results
+
+
+def measure_catalogue(sizes: Sizes, files: dict[str, Path]) -> dict[str, Any]:
+    """Each catalogue entry's E2E on the short file over bare decoding (median, side by side)."""
+    path, rows = files["short"], []
+    with ServerProcess(workers=CORES) as server:
+        for label, pipeline, fmt in CATALOGUE:
+            e2e(server, path, pipeline, fmt)  # warm up: a step's first use compiles or imports
+            ratios, seconds = [], []
+            for _ in range(sizes.runs):
+                decode_wall = run_command(decode_command(path))
+                seconds.append(e2e(server, path, pipeline, fmt)["seconds"])
+                ratios.append(seconds[-1] / decode_wall)
+            rows.append({"step": label, "pipeline": pipeline, "format": fmt,
+                         "e2e_s": statistics.median(seconds),
+                         "over_decode": statistics.median(ratios)})  # fmt: skip
+    return {"catalogue": rows}
 
 
 def measure_latency(sizes: Sizes, files: dict[str, Path]) -> dict[str, Any]:
@@ -306,40 +372,55 @@ def measure_concurrency(sizes: Sizes) -> dict[str, Any]:
 
 
 def table(results: dict[str, Any], sizes: Sizes) -> list[dict[str, Any]]:
-    """The figures, each a ratio with its target (those of the sections that ran)."""
-    rows: list[tuple[str, Callable[[dict[str, Any]], float], str, float]] = [
-        ("E2E vs ffmpeg-normalize (x faster)", lambda r: r["ffmpeg_normalize_s"] / r["e2e_s"],
-         ">=", 5.0),
-        ("audio-server process vs ffmpeg-normalize (x faster)",
-         lambda r: r["ffmpeg_normalize_s"] / r["local_process_s"], ">=", 5.0),
-        ("E2E vs decode floor (x slower)", lambda r: r["e2e_s"] / r["decode_floor_s"], "<=", 2.5),
-        (f"Scaling: {CORES} workers over 1 (x)", lambda r: r["e2e_1_worker_s"] / r["e2e_s"], ">=",
-         0.8 * CORES),
-        ("First chunk, short file (ms)", lambda r: 1000 * r["first_chunk_short_s"], "<=", 150.0),
-        ("First chunk, long over short (x)",
-         lambda r: r["first_chunk_long_s"] / r["first_chunk_short_s"], "<=", 1.5),
-        ("Peak RSS, long file (MB)", lambda r: r["rss_long_mb"], "<=", 300.0),
-        ("Peak RSS, long over short (x)", lambda r: r["rss_long_mb"] / r["rss_short_mb"], "<=",
-         1.5),
-        ("Wire bytes over PCM16 (x)", lambda r: r["wire_ratio"], "<=", 1.15),
-        ("Stop latency p95 (ms)", lambda r: 1000 * r["stop_p95_s"], "<=", 200.0),
-        (f"{sizes.clients} clients: aggregate over single (x)",
-         lambda r: r["aggregate_throughput_x"] / r["single_throughput_x"], ">=", 0.8),
-        (f"First chunk of a new task, {sizes.busy_tasks} long tasks running (ms)",
-         lambda r: 1000 * r["fair_first_chunk_s"], "<=", 1000.0),
-        (f"Stop of that task, {sizes.busy_tasks} long tasks running (ms)",
-         lambda r: 1000 * r["fair_stop_s"], "<=", 200.0),
-        (f"Peak RSS, {sizes.capacity_tasks} long tasks at once (MB)",
-         lambda r: r["capacity_rss_mb"], "<=", 1000.0),
-        ("Peak RSS per running task (MB)", lambda r: r["capacity_mb_per_task"], "<=", 20.0),
-        (f"Open files, {sizes.capacity_tasks} long tasks at once",
-         lambda r: r["capacity_open_files"], "<=", 512.0),
+    """The figures, each a ratio with its target (those of the parts that ran)."""
+
+    def row(name: str, value: Any, op: str, target: float) -> tuple[str, Any, str, float]:
+        return name, value, op, target
+
+    r = results
+    short, long = f"{sizes.short_seconds:g} s", f"{sizes.long_seconds:g} s"
+    rows = [
+        lambda: row("E2E vs ffmpeg-normalize (x faster)",
+                    r["ffmpeg_normalize_s"] / r["e2e_s"], ">=", 20.0),
+        lambda: row(f"E2E vs ffmpeg-normalize, {short} file (x faster)",
+                    r["short_ffmpeg_normalize_s"] / r["short_e2e_s"], ">=", 20.0),
+        lambda: row("audio-server process vs ffmpeg-normalize (x faster)",
+                    r["ffmpeg_normalize_s"] / r["local_process_s"], ">=", 5.0),
+        lambda: row(f"E2E vs decode floor, {short} file (x slower)",
+                    r["short_e2e_over_decode"], "<=", 2.5),
+        lambda: row(f"E2E vs decode floor, {long} file (x slower)",
+                    r["long_e2e_over_decode"], "<=", 2.5),
+        lambda: row(f"Server CPU over decoder CPU, {short} file (x)",
+                    r["short_cpu_over_decode_cpu"], "<=", 3.0),
+        lambda: row(f"Server CPU over decoder CPU, {long} file (x)",
+                    r["long_cpu_over_decode_cpu"], "<=", 3.0),
+        lambda: row(f"Scaling: {CORES} workers over 1 (x)", r["e2e_1_worker_s"] / r["e2e_s"],
+                    ">=", 0.8 * CORES),
+        lambda: row("First chunk, short file (ms)", 1000 * r["first_chunk_short_s"], "<=", 150.0),
+        lambda: row("First chunk, long over short (x)",
+                    r["first_chunk_long_s"] / r["first_chunk_short_s"], "<=", 1.5),
+        lambda: row("Peak RSS, long file (MB)", r["rss_long_mb"], "<=", 300.0),
+        lambda: row("Peak RSS, long over short (x)", r["rss_long_mb"] / r["rss_short_mb"],
+                    "<=", 1.5),
+        lambda: row("Wire bytes over PCM16 (x)", r["wire_ratio"], "<=", 1.15),
+        lambda: row("Stop latency p95 (ms)", 1000 * r["stop_p95_s"], "<=", 200.0),
+        lambda: row(f"{sizes.clients} clients: aggregate over single (x)",
+                    r["aggregate_throughput_x"] / r["single_throughput_x"], ">=", 0.8),
+        lambda: row(f"First chunk of a new task, {sizes.busy_tasks} long tasks running (ms)",
+                    1000 * r["fair_first_chunk_s"], "<=", 1000.0),
+        lambda: row(f"Stop of that task, {sizes.busy_tasks} long tasks running (ms)",
+                    1000 * r["fair_stop_s"], "<=", 200.0),
+        lambda: row(f"Peak RSS, {sizes.capacity_tasks} long tasks at once (MB)",
+                    r["capacity_rss_mb"], "<=", 1000.0),
+        lambda: row("Peak RSS per running task (MB)", r["capacity_mb_per_task"], "<=", 20.0),
+        lambda: row(f"Open files, {sizes.capacity_tasks} long tasks at once",
+                    r["capacity_open_files"], "<=", 512.0),
     ]  # fmt: skip
     figures = []
-    for name, value_of, op, target in rows:
+    for make in rows:
         try:
-            value = value_of(results)
-        except KeyError:  # its section did not run (--only)
+            name, value, op, target = make()
+        except KeyError:  # a part that did not run this time
             continue
         met = value >= target if op == ">=" else value <= target
         figures.append({"figure": name, "value": round(value, 3), "target": f"{op} {target:g}",
@@ -351,6 +432,8 @@ def sections(sizes: Sizes, files: dict[str, Path]) -> dict[str, Callable[[], dic
     """Each part of the benchmark by name, in the order a full run takes them."""
     return {
         "e2e": lambda: measure_e2e(sizes, files),
+        "cpu": lambda: measure_cpu(sizes, files),
+        "catalogue": lambda: measure_catalogue(sizes, files),
         "latency": lambda: measure_latency(sizes, files),
         "memory": lambda: measure_memory(files),
         "stop": lambda: measure_stop(sizes, files),
@@ -365,13 +448,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--short", action="store_true", help="small files and one run (CI)")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "latest.json")
     parser.add_argument(
-        "--only", action="append", choices=SECTIONS, metavar="SECTION",
-        help=f"run only this section (repeat for more): {', '.join(SECTIONS)}",
+        "--only", action="append", metavar="SECTION[,SECTION...]",
+        help=f"run only these sections (repeatable, or comma-separated): {', '.join(SECTIONS)}",
     )  # fmt: skip
     args = parser.parse_args(argv)
+    chosen = [name.strip() for value in args.only or [",".join(SECTIONS)]
+              for name in value.split(",") if name.strip()]  # fmt: skip
+    unknown = sorted(set(chosen) - set(SECTIONS))
+    if unknown:
+        parser.error(f"unknown section(s) {', '.join(unknown)}; sections: {', '.join(SECTIONS)}")
     sizes = SHORT if args.short else FULL
     files = {"short": make_mp3(sizes.short_seconds), "long": make_mp3(sizes.long_seconds)}
-    chosen = args.only or SECTIONS
     results: dict[str, Any] = {}
     for name, part in sections(sizes, files).items():
         if name in chosen:
@@ -379,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = table(results, sizes)
     machine = f"{platform.machine()}, {CORES} cores, {platform.python_version()}"
     report = {"mode": "short" if args.short else "full", "sizes": sizes.__dict__,
-              "sections": list(chosen), "machine": machine, "measurements": results,
+              "sections": chosen, "machine": machine, "measurements": results,
               "figures": rows}  # fmt: skip
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2))
@@ -389,6 +476,14 @@ def main(argv: list[str] | None = None) -> int:
     for row in rows:
         print(f"| {row['figure']} | {row['value']:g} | {row['target']} | "
               f"{'yes' if row['met'] else 'NO'} |")  # fmt: skip
+    if "catalogue" in results:
+        print(
+            f"\n| step or format ({sizes.short_seconds:g} s file) | E2E (s) | over bare decoding |"
+        )
+        print("|---|---|---|")
+        for entry in results["catalogue"]:
+            print(f"| `{entry['step']}` ({entry['format']}) | {entry['e2e_s']:.2f} | "
+                  f"{entry['over_decode']:.2f}x |")  # fmt: skip
     return 0
 
 

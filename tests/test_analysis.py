@@ -7,6 +7,9 @@ import pytest
 from helpers import noise, sine
 
 from audioserver.audio import analysis
+from audioserver.audio.meter import OutputMeter
+from audioserver.audio.pipeline import Pipeline
+from audioserver.audio.steps import Block
 
 RATE = 44100
 
@@ -68,3 +71,32 @@ def test_to_pcm16_rounds_and_clips():
     x = np.array([[0.0, 1.0], [-1.0, 2.0], [0.5, -3.0], [1 / 32767, -0.4 / 32767]])
     pcm = np.frombuffer(analysis.to_pcm16(x), dtype="<i2")
     assert pcm.tolist() == [0, 32767, -32767, 32767, 16384, -32767, 1, 0]
+
+
+@pytest.mark.parametrize("pipeline", ["gain=db=12", "loudness=target=-16"])
+def test_analyse_chunk_gives_what_each_analysis_gives_of_the_clipped_chunk(pipeline):
+    # gain=db=12 drives the chunk over full scale: everything reads the clipped samples.
+    x = noise(3.0, rate=RATE, amplitude=0.4)
+    stages = Pipeline.parse(pipeline).plan(RATE, 2, output_pre_roll=OutputMeter.pre_roll)
+    if stages[0].boundary is not None:
+        stages[0].boundary.reduce([stages[0].boundary.measure(Block(x, RATE, 0, final=True))])
+    output = stages[-1].run(Block(x, RATE, 0, final=True)).samples
+    pre, start = OutputMeter.pre_roll(RATE), RATE
+    block = Block(output[start - pre : 2 * RATE + 77], RATE, start - pre, pre)
+    chunk = analysis.analyse_chunk(block, meter=OutputMeter(sample_rate=RATE), stage=stages[-1])
+    clipped = np.clip(block.samples, -1.0, 1.0)
+    body = clipped[pre:]
+    peak_db, rms_db = analysis.levels(body)
+    assert (chunk.peak_db, chunk.rms_db) == (round(peak_db, 2), round(rms_db, 2))
+    assert chunk.waveform == analysis.waveform(body, sample_rate=RATE, start=start)
+    assert chunk.waveform_first == analysis.waveform_index(start, sample_rate=RATE)
+    assert chunk.spectrum == analysis.spectrum(body, sample_rate=RATE)
+    assert chunk.pcm == analysis.to_pcm16(output[start : 2 * RATE + 77])
+    assert chunk.frames == len(body)
+    measure = OutputMeter(sample_rate=RATE).measure(block.with_samples(clipped))
+    assert chunk.measure.sample_peak == measure.sample_peak
+    assert chunk.measure.true_peak == measure.true_peak
+    if stages[-1].known_loudness() is None:
+        assert np.array_equal(chunk.measure.energies.sums, measure.energies.sums)
+    else:  # the loudness step's measure stands for the chunk's energies
+        assert chunk.measure.energies is stages[-1].known_loudness()

@@ -26,10 +26,11 @@ def test_the_benchmark_measures_every_figure(tmp_path):
     report = json.loads(report_path.read_text())
     assert report["mode"] == "short"
     figures = {row["figure"]: row for row in report["figures"]}
-    assert len(figures) == 16
+    assert len(figures) == 20
     assert "audio-server process vs ffmpeg-normalize (x faster)" in figures
     assert "First chunk of a new task, 4 long tasks running (ms)" in figures
     assert "Peak RSS per running task (MB)" in figures
+    assert "Server CPU over decoder CPU, 60 s file (x)" in figures
     for row in figures.values():
         assert math.isfinite(row["value"]) and row["value"] > 0, row
     measured = report["measurements"]
@@ -41,3 +42,7 @@ def test_the_benchmark_measures_every_figure(tmp_path):
     # short run's 60-second files, the first may have ended by then).
     assert measured["capacity_tasks"] == 8 and 1 <= measured["capacity_decoders"] <= 8
     assert "| figure | value | target | met |" in result.stdout
+    catalogue = {(entry["pipeline"], entry["format"]) for entry in measured["catalogue"]}
+    assert ("", "opus") in catalogue and ("compressor", "wav") in catalogue
+    assert all(entry["over_decode"] > 0 for entry in measured["catalogue"])
+    assert measured["short_server_cpu_s"] > 0 and measured["long_decode_cpu_s"] > 0

@@ -340,3 +340,15 @@ def test_true_peak_equals_the_full_interpolation(kind, rate):
         for start in range(0, n, size)
     )  # fmt: skip
     assert chunked == pytest.approx(expected, rel=1e-6, abs=1e-12)  # float32 convolution
+
+
+def test_true_peak_leaves_out_only_frames_under_the_floor():
+    rate = 44100
+    x = np.random.default_rng(8).normal(0, 0.2, (rate // 2, 2))
+    exact = direct_true_peak(x, rate)
+    sample_peak = float(np.max(np.abs(x)))
+    assert exact > sample_peak  # an inter-sample peak, which only interpolation finds
+    below = true_peak(x, sample_rate=rate, pre=0, last=True, floor=0.9 * exact)
+    assert below == pytest.approx(exact, rel=1e-6)
+    above = true_peak(x, sample_rate=rate, pre=0, last=True, floor=1.5 * exact)
+    assert sample_peak <= above <= exact * (1 + 1e-6)

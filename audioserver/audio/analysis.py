@@ -1,18 +1,27 @@
 """Per-chunk analysis sent with every audio_chunk: levels, waveform and spectrum.
 
 All functions take the samples as the only positional argument: float
-arrays of shape (frames, channels), full scale at +-1.
+arrays of shape (frames, channels), full scale at +-1. ``analyse_chunk``
+does all of a processed chunk's work at once: the analysis, the summary's
+measure and the 16-bit PCM, from one clipped copy of its samples.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.fft
 from scipy import signal
+
+from .meter import ChunkMeasure, OutputMeter
+from .steps import Block
+
+if TYPE_CHECKING:
+    from .pipeline import Stage
 
 SILENCE_DB = -120.0  # the level reported for digital silence (JSON has no -inf)
 WAVEFORM_PER_SECOND = 100
@@ -32,10 +41,17 @@ def levels(samples: np.ndarray) -> tuple[float, float]:
     """Return (sample peak, RMS) in dBFS over every channel; a full-scale sine has RMS -3 dBFS."""
     if samples.size == 0:
         return SILENCE_DB, SILENCE_DB
+    peak, mean_square = _peak_and_mean_square(samples)
+    return float(to_db(peak)), float(to_db(mean_square, power=True))
+
+
+def _peak_and_mean_square(samples: np.ndarray) -> tuple[float, float]:
+    """Return the linear sample peak and mean square over every channel (0 for no samples)."""
+    if samples.size == 0:
+        return 0.0, 0.0
     peak = max(float(np.max(samples)), -float(np.min(samples)))
     flat = samples.reshape(-1)
-    mean_square = float(np.dot(flat, flat)) / flat.size
-    return float(to_db(peak)), float(to_db(mean_square, power=True))
+    return peak, float(np.dot(flat, flat)) / flat.size
 
 
 def waveform_index(frame: int, *, sample_rate: int) -> int:
@@ -124,34 +140,101 @@ def spectrum(samples: np.ndarray, *, sample_rate: int, bands: int = SPECTRUM_BAN
     if frames < 16:
         return [SILENCE_DB] * bands
     segment = min(frames, _SPECTRUM_SEGMENT)
-    starts = np.unique(np.append(np.arange(0, frames - segment + 1, segment), frames - segment))
-    pieces = mono.astype(np.float32)[starts[:, np.newaxis] + np.arange(segment)]
+    # Whole segments side by side, then one more ending at the chunk's end if they fall short.
+    whole, short = divmod(frames, segment)
+    pieces = np.empty((whole + (1 if short else 0), segment), dtype=np.float32)
+    pieces[:whole] = mono[: whole * segment].reshape(whole, segment)
+    if short:
+        pieces[whole] = mono[frames - segment :]
     window = _hann(segment)
-    power = np.mean(np.abs(scipy.fft.rfft(pieces * window, axis=1)) ** 2, axis=0)
+    pieces *= window
+    power = np.mean(np.abs(scipy.fft.rfft(pieces, axis=1)) ** 2, axis=0)
+    bins = _spectrum_bins(sample_rate, segment, bands)
     # One-sided density, as Welch's method scales it: power per Hz.
     density = power.astype(np.float64) * 2 / (sample_rate * float(np.dot(window, window)))
     density[0] /= 2
     if segment % 2 == 0:
         density[-1] /= 2
-    bin_width = sample_rate / segment
-    freqs = np.arange(len(density)) * bin_width
-    edges = _band_edges(sample_rate, bands)
     # Power of each band = integral of the density over it.
-    cumulative = np.concatenate([[0.0], np.cumsum(density) * bin_width])
-    index = np.searchsorted(freqs, edges)
-    band_power = cumulative[index[1:]] - cumulative[index[:-1]]
-    empty = index[1:] == index[:-1]
-    if np.any(empty):
-        centres = np.sqrt(edges[:-1] * edges[1:])[empty]
-        nearest = np.clip(np.rint(centres / bin_width).astype(np.int64), 0, len(density) - 1)
-        band_power[empty] = density[nearest] * (edges[1:] - edges[:-1])[empty]
+    cumulative = np.concatenate([[0.0], np.cumsum(density) * bins.width])
+    band_power = cumulative[bins.index[1:]] - cumulative[bins.index[:-1]]
+    band_power[bins.empty] = density[bins.nearest] * bins.empty_widths
     # A sine of amplitude A has power A**2 / 2: double it so full scale reads 0 dB.
     levels: list[float] = np.round(to_db(2.0 * band_power, power=True), 2).tolist()
     return levels
 
 
+@dataclass(frozen=True)
+class _Bins:
+    """Where each band lies among a segment's FFT bins (the same for every chunk)."""
+
+    width: float  # Hz per bin
+    index: np.ndarray  # first bin at or above each band edge
+    empty: np.ndarray  # bands that hold no bin
+    nearest: np.ndarray  # for those, the bin nearest their centre
+    empty_widths: np.ndarray  # and their width in Hz
+
+
+@functools.lru_cache(maxsize=32)
+def _spectrum_bins(sample_rate: int, segment: int, bands: int) -> _Bins:
+    width = sample_rate / segment
+    freqs = np.arange(segment // 2 + 1) * width
+    edges = _band_edges(sample_rate, bands)
+    index = np.searchsorted(freqs, edges)
+    empty = index[1:] == index[:-1]
+    centres = np.sqrt(edges[:-1] * edges[1:])[empty]
+    nearest = np.clip(np.rint(centres / width).astype(np.int64), 0, len(freqs) - 1)
+    return _Bins(width, index, empty, nearest, (edges[1:] - edges[:-1])[empty])
+
+
 def to_pcm16(samples: np.ndarray) -> bytes:
     """Return interleaved 16-bit little-endian PCM (clipped at full scale, no dither)."""
-    scaled = np.rint(np.clip(samples, -1.0, 1.0) * 32767.0)
-    pcm: bytes = scaled.astype("<i2").tobytes()
+    return _pcm16_of_clipped(np.clip(samples, -1.0, 1.0))
+
+
+def _pcm16_of_clipped(samples: np.ndarray) -> bytes:
+    """to_pcm16 of samples already within full scale."""
+    scaled = np.multiply(samples, 32767.0)
+    pcm: bytes = np.rint(scaled, out=scaled).astype("<i2").tobytes()
     return pcm
+
+
+@dataclass(frozen=True)
+class ChunkAnalysis:
+    """Everything made from one processed chunk: what its audio_chunk says, and its result."""
+
+    peak_db: float  # rounded to 0.01, as sent
+    rms_db: float
+    waveform: list[list[float]]
+    spectrum: list[float]
+    waveform_first: int  # the stream's waveform bin of waveform[0]
+    frames: int
+    measure: ChunkMeasure  # its share of the output's summary
+    pcm: bytes  # 16-bit little-endian, interleaved
+
+
+def analyse_chunk(block: Block, *, meter: OutputMeter, stage: Stage) -> ChunkAnalysis:
+    """Analyse and measure a chunk of the last stage's output, and make its 16-bit PCM.
+
+    The block (with the pre-roll the meter needs) is clipped at full scale once,
+    as the result holds it; levels, waveform, spectrum, the summary's measure
+    and the PCM all read that one copy. Where the stage's output loudness is
+    known already (Stage.known_loudness), it is not measured again.
+    """
+    rate = block.sample_rate
+    block = block.with_samples(np.clip(block.samples, -1.0, 1.0))
+    samples = block.body
+    peak, mean_square = _peak_and_mean_square(samples)
+    empty = samples.size == 0
+    peak_db = SILENCE_DB if empty else float(to_db(peak))
+    rms_db = SILENCE_DB if empty else float(to_db(mean_square, power=True))
+    return ChunkAnalysis(
+        peak_db=round(peak_db, 2),
+        rms_db=round(rms_db, 2),
+        waveform=waveform(samples, sample_rate=rate, start=block.body_start),
+        spectrum=spectrum(samples, sample_rate=rate),
+        waveform_first=waveform_index(block.body_start, sample_rate=rate),
+        frames=len(samples),
+        measure=meter.measure(block, sample_peak=peak, known_loudness=stage.known_loudness()),
+        pcm=_pcm16_of_clipped(samples),
+    )

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import signal
 
+from . import biquads
 from .steps.filters import settle_frames
 
 SUB_BLOCK_SECONDS = 0.1
@@ -146,14 +147,17 @@ def chunk_energies(samples: np.ndarray, *, sample_rate: int, start: int, pre: in
     weights = channel_weights(samples.shape[1])
     # Filtering the pre-roll too brings the filter to the state it has at the body's first
     # frame in one pass over the whole stream (exactly so when the pre-roll reaches frame 0).
-    filtered = signal.sosfilt(k_weighting_sos(sample_rate), samples, axis=0)[pre:]
-    last = _sub_block_of(start + len(filtered) - 1, sample_rate)
+    # One pass: the filter, the squares and the channels' weighted sum (see biquads.py).
+    power = biquads.k_weighted_power(
+        k_weighting_sos(sample_rate), samples, weights=weights, skip=pre
+    )
+    length = len(power)
+    last = _sub_block_of(start + length - 1, sample_rate)
     inner = _sub_block_starts(np.arange(first + 1, last + 1), sample_rate) - start
     offsets = np.concatenate([[0], inner]).astype(np.intp)
-    power = np.square(filtered) @ weights
     # reduceat sums each segment on its own: no cancellation as with differences of a cumsum.
     sums = np.add.reduceat(power, offsets)
-    frames = np.diff(np.append(offsets, len(filtered))).astype(np.int64)
+    frames = np.diff(np.append(offsets, length)).astype(np.int64)
     return Energies(first, sums, frames)
 
 
@@ -177,6 +181,16 @@ def combine(parts: Sequence[Energies], *, sample_rate: int, total_frames: int) -
     if not np.array_equal(counted, lengths):
         raise ValueError("the chunks' bodies do not tile the stream's sub-blocks")
     return energy / lengths
+
+
+def complete_prefix(sub_blocks: np.ndarray, *, sample_rate: int, total_frames: int) -> np.ndarray:
+    """Return the sub-blocks of a stream's first total_frames frames, as combine() would.
+
+    sub_blocks are the mean squares of a longer stream's complete sub-blocks; those
+    that end by total_frames are the ones a measure of its first total_frames frames
+    counts (a sub-block's mean square depends on its own frames only).
+    """
+    return sub_blocks[: _sub_block_of(total_frames, sample_rate)]
 
 
 # -- gating --------------------------------------------------------------------------
@@ -290,7 +304,13 @@ def true_peak_gain(sample_rate: int) -> float:
 
 
 def true_peak(
-    samples: np.ndarray, *, sample_rate: int, pre: int, last: bool, sample_peak: float | None = None
+    samples: np.ndarray,
+    *,
+    sample_rate: int,
+    pre: int,
+    last: bool,
+    sample_peak: float | None = None,
+    floor: float = 0.0,
 ) -> float:
     """Return the linear true peak owned by the body of a chunk with pre frames of pre-roll.
 
@@ -301,6 +321,12 @@ def true_peak(
     the stream's start (a shorter pre-roll is taken to be the start: zeros before it).
     Like libebur128, the result is never below the body's sample peak. Each phase is a
     product in float32 (a relative error near 1e-7, a millionth of a dB).
+
+    Only output frames that can exceed what is already known are interpolated: one
+    whose inputs all stay under max(sample peak, floor) / true_peak_gain cannot reach
+    it. ``floor`` is a value the caller knows the whole signal's true peak reaches (0:
+    none); frames under it may be left out, so the result is exact when it is above
+    the floor, and otherwise lies between the sample peak and the floor.
     """
     factor = _oversampling(sample_rate)
     body = len(samples) - pre
@@ -320,9 +346,32 @@ def true_peak(
     # Output frame p's inputs, oldest first, are window[p - T .. p]: one row of the sliding
     # view, whose product with the time-reversed phases gives every oversampled sample.
     reversed_phases = np.ascontiguousarray(_phases(factor)[:, ::-1].T)
+    outputs = _candidates(channels, max(peak, floor) / (true_peak_gain(sample_rate) * _MARGIN))
     for channel in channels:
         inputs = np.lib.stride_tricks.sliding_window_view(channel, context + 1)
+        if outputs is not None:
+            inputs = inputs[outputs]
         interpolated = inputs @ reversed_phases
         if interpolated.size:
             peak = max(peak, float(interpolated.max()), -float(interpolated.min()))
     return peak
+
+
+# How much float32 rounding may lift an interpolated sample over its exact bound.
+_MARGIN = 1.0 + 1e-5
+# Interpolating a subset costs a gather; below this share of the frames it pays.
+_SUBSET_SHARE = 0.5
+
+
+def _candidates(channels: np.ndarray, threshold: float) -> np.ndarray | None:
+    """Return the output frames whose inputs reach threshold on some channel (None: all of them).
+
+    Output frame i (a row of the sliding view) reads columns i .. i + T.
+    """
+    span = TRUE_PEAK_TAPS_PER_PHASE + 1
+    loud = np.zeros(channels.shape[1] + 1, dtype=np.int32)
+    np.cumsum(np.any(np.abs(channels) >= threshold, axis=0), out=loud[1:])
+    outputs = np.flatnonzero(loud[span:] > loud[:-span])
+    if len(outputs) > _SUBSET_SHARE * (channels.shape[1] - span + 1):
+        return None
+    return outputs

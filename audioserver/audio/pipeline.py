@@ -227,6 +227,18 @@ class Stage:
             costs.append((self.boundary, self.boundary.cost(rate) * rate * channels * 1e-9))
         return costs
 
+    def known_loudness(self) -> np.ndarray | None:
+        """Return the sub-block mean squares of this stage's output, if already known.
+
+        A stage that is only the global step before it (a loudness gain, say)
+        outputs a gain of the signal that step measured: once that step has
+        reduced its measurements, the output's loudness follows from them
+        (GlobalStep.output_loudness), and its meter need not measure it again.
+        """
+        if len(self.steps) == 1 and isinstance(self.steps[0], GlobalStep):
+            return self.steps[0].output_loudness()
+        return None
+
     def run(self, block: Block) -> Block:
         """Process one chunk; return its output with only the pre-roll the meter needs."""
         for step in self.steps:

@@ -274,6 +274,16 @@ class GlobalStep(Step):
         """Return what the reduction found, for the task's log and summary."""
         return {}
 
+    def output_loudness(self) -> np.ndarray | None:
+        """Return the mean square of each complete 100 ms sub-block of process()'s output.
+
+        After reduce(), a step whose output is a gain of the signal it measured
+        may know its output's loudness without measuring it again (see
+        audio/loudness.py); None (the default) when it does not, or when the
+        output would clip at full scale, which changes the picture.
+        """
+        return None
+
 
 def db_to_gain(db: float) -> float:
     """Return the linear gain of a level in dB."""

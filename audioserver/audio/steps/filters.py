@@ -8,6 +8,7 @@ from typing import ClassVar, Literal
 import numpy as np
 from scipy import signal
 
+from .. import biquads
 from .base import Block, Param, Step
 
 # A chunk's pre-roll is long enough that the filter's response to audio before
@@ -65,7 +66,7 @@ class _Butterworth(Step):
         return self._pre_roll
 
     def process(self, block: Block) -> Block:
-        return block.with_samples(signal.sosfilt(self.sos, block.samples, axis=0))
+        return block.with_samples(biquads.sosfilt(self.sos, block.samples))
 
 
 def _frequency(description: str) -> Param:

@@ -26,6 +26,9 @@ class _Measure:
     frames: int
 
 
+_ROUNDING = 2.0**-20  # far above float32's relative rounding (2**-24) and the spool's
+
+
 class Loudness(GlobalStep):
     name = "loudness"
     cost_ns = 70.0  # measuring (K-weighting, 100 ms energies), then a gain
@@ -47,6 +50,7 @@ class Loudness(GlobalStep):
         self.peak = 0.0
         self.gain_db = 0.0
         self.limited = False
+        self._output_sub_blocks: np.ndarray | None = None
 
     def measure_pre_roll(self) -> int:
         assert self.sample_rate is not None, "measure_pre_roll() runs after bind()"
@@ -68,6 +72,15 @@ class Loudness(GlobalStep):
         )
         self.measured = loudness.integrated_loudness(sub_blocks)
         self.peak = max((m.peak for m in measurements), default=0.0)
+        self._choose_gain()
+        gain = db_to_gain(self.gain_db)
+        # A gain scales every sub-block's energy by gain**2, as long as nothing clips at
+        # full scale (the output's samples, float32 from the spool, may lie a rounding
+        # above the peak measured here: the margin covers it).
+        fits = self.peak * gain * (1 + _ROUNDING) <= 1.0
+        self._output_sub_blocks = sub_blocks * gain**2 if fits else None
+
+    def _choose_gain(self) -> None:
         if self.measured is None:  # silence, or shorter than one 400 ms block: leave it
             self.gain_db, self.limited = 0.0, False
             return
@@ -76,6 +89,9 @@ class Loudness(GlobalStep):
             headroom = self.options["max_peak"] - 20 * math.log10(self.peak)
             self.limited = self.gain_db > headroom
             self.gain_db = min(self.gain_db, headroom)
+
+    def output_loudness(self) -> np.ndarray | None:
+        return self._output_sub_blocks
 
     def process(self, block: Block) -> Block:
         return block.with_samples(block.samples * db_to_gain(self.gain_db))
