@@ -32,6 +32,8 @@ import json
 import logging
 import os
 import threading
+import weakref
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -68,6 +70,7 @@ HEARTBEAT_SECONDS = (
     2.0  # how often workers renew their claims, and web instances look for lost ones
 )
 WEB_OWNER = "web"  # the owner of a task a web instance ended before any worker took it
+IDLE_VIEWS = 16  # finished tasks a web instance keeps its view of, for the requests that follow
 
 
 def task_key(task_id: str) -> str:
@@ -148,6 +151,7 @@ class SharedChunkLog:
         self._terminal: tuple[str, dict[str, Any]] | None = None
         self._closed = False
         self._fds: tuple[int, int] | None = None
+        self._close_files: weakref.finalize[Any, Any] | None = None
         self.pcm_bytes = 0  # of the chunks in the stream
         self.meta_bytes = 0
         self.chunks_total: int | None = None
@@ -155,8 +159,8 @@ class SharedChunkLog:
         self._refreshing = threading.Lock()
         self.refresh()
 
-    def refresh(self) -> None:
-        """Take in the stream's new entries and wake the waiting readers."""
+    def refresh(self) -> bool:
+        """Take in the stream's new entries and wake the waiting readers; True if retired now."""
         with self._refreshing:
             # decode_responses: ids and fields are str (redis-py's hints say bytes | str | None).
             entries = cast(
@@ -164,7 +168,8 @@ class SharedChunkLog:
                 self._redis.xrange(self._key, min=f"({self._last}"),
             )
             if not entries:
-                return
+                return False
+            was_retired = self._retired.is_set()
             with self._changed:
                 for entry_id, fields in entries:
                     self._last = entry_id
@@ -181,6 +186,7 @@ class SharedChunkLog:
                         self.meta_bytes = offsets[0] + offsets[1]
                         self.chunks_total = json.loads(fields["t"])
                 self._changed.notify_all()
+            return self._retired.is_set() and not was_retired
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -192,6 +198,11 @@ class SharedChunkLog:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def finished(self) -> bool:
+        """The task has ended and its worker let it go: nothing more will come."""
+        return self._terminal is not None and self._retired.is_set()
 
     def append(self, meta: dict[str, Any], pcm: bytes) -> int:
         raise LogClosed("a web instance does not write chunks: the worker does")
@@ -206,6 +217,9 @@ class SharedChunkLog:
         if self._fds is None:
             meta = os.open(self._folder / "chunks.jsonl", os.O_RDONLY)
             self._fds = (meta, os.open(self._folder / "result.wav", os.O_RDONLY))
+            # A view let go (RedisTaskStore.prune) is not closed: a request may still read
+            # it. Its files close when the last of them lets go of it.
+            self._close_files = weakref.finalize(self, close_files, self._fds)
         return self._fds
 
     def read(self, index: int) -> tuple[dict[str, Any], bytes]:
@@ -244,10 +258,14 @@ class SharedChunkLog:
         with self._changed:
             if not self._closed:
                 self._closed = True
-                if self._fds is not None:
-                    for fd in self._fds:
-                        os.close(fd)
+                if self._close_files is not None:
+                    self._close_files()
             self._changed.notify_all()
+
+
+def close_files(fds: tuple[int, ...]) -> None:
+    for fd in fds:
+        os.close(fd)
 
 
 def keep_chunks(
@@ -277,6 +295,7 @@ class LogFollower:
         self._logs: dict[str, SharedChunkLog] = {}
         self._stopped = threading.Event()
         self.on_progress: Callable[[str, dict[str, Any]], None] = lambda task_id, data: None
+        self.on_retired: Callable[[str], None] = lambda task_id: None  # a log's task let go
         self._pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
         self._pubsub.subscribe(EVENTS, PROGRESS)
         self._thread = threading.Thread(target=self._follow, name="log-follower", daemon=True)
@@ -289,6 +308,11 @@ class LogFollower:
     def forget(self, task_id: str) -> None:
         with self._lock:
             self._logs.pop(task_id, None)
+
+    def watching(self) -> int:
+        """How many logs this instance follows."""
+        with self._lock:
+            return len(self._logs)
 
     def _follow(self) -> None:
         while not self._stopped.is_set():
@@ -310,9 +334,12 @@ class LogFollower:
                 log = self._logs.get(str(message["data"]))
             if log is not None:
                 try:
-                    log.refresh()
+                    retired = log.refresh()
                 except redis.RedisError:
                     logger.warning("cannot read the log of task %s", message["data"])
+                    continue
+                if retired:
+                    self.on_retired(str(message["data"]))
 
     def stop(self) -> None:
         self._stopped.set()
@@ -343,14 +370,22 @@ def apply_snapshot(task: Task, snapshot: dict[str, Any]) -> None:
 
 
 class RedisTaskStore:
-    """Every task of the cluster, in Redis; each instance keeps a copy of those it serves."""
+    """Every task of the cluster, in Redis; each instance keeps a view of those it serves.
+
+    A view is the instance's ``Task`` with its ``SharedChunkLog``. That of a
+    running task, or of one a cursor here reads, is kept; those of finished
+    tasks nobody here reads are let go past the ``IDLE_VIEWS`` most recently
+    used, and made again from Redis and the folder when asked for. So an
+    instance's memory follows what it serves now, not every task it ever served.
+    """
 
     def __init__(self, client: redis.Redis, follower: LogFollower, *, data_dir: Path) -> None:
         self._redis = client
         self._follower = follower
         self._data_dir = data_dir
         self._lock = threading.Lock()
-        self._tasks: dict[str, Task] = {}
+        self._tasks: OrderedDict[str, Task] = OrderedDict()  # least recently used first
+        self.in_use: Callable[[str], int] = lambda task_id: 0  # cursors reading a task here
 
     def open_log(self, task: Task) -> SharedChunkLog:
         """A web instance's reader of a task's log, woken by the follower."""
@@ -359,9 +394,14 @@ class RedisTaskStore:
         return log
 
     def cached(self, task_id: str) -> Task | None:
-        """The copy of a task this instance has already, without asking Redis."""
+        """The view of a task this instance has already, without asking Redis."""
         with self._lock:
             return self._tasks.get(task_id)
+
+    def views(self) -> int:
+        """How many tasks this instance keeps a view of."""
+        with self._lock:
+            return len(self._tasks)
 
     def add(self, task: Task) -> None:
         with self._lock:
@@ -371,6 +411,7 @@ class RedisTaskStore:
         pipe.sadd(TASKS, task.id)
         pipe.xadd(log_key(task.id), {"created": "1"})  # the worker appends, never creates
         pipe.execute()
+        self.prune()
 
     def snapshot(self, task_id: str) -> dict[str, Any] | None:
         raw = self._redis.get(task_key(task_id))
@@ -379,21 +420,23 @@ class RedisTaskStore:
 
     def get(self, task_id: str) -> Task | None:
         snapshot = self.snapshot(task_id)
-        if snapshot is None:
-            with self._lock:
-                self._tasks.pop(task_id, None)
+        if snapshot is None:  # deleted, maybe by another instance: its view goes too
+            self.let_go(task_id)
             return None
         with self._lock:
             task = self._tasks.get(task_id)
+            if task is not None:
+                self._tasks.move_to_end(task_id)
         if task is None:
             task = self._load(task_id, snapshot)
             if task is None:
                 return None
         apply_snapshot(task, snapshot)
+        self.prune()
         return task
 
     def _load(self, task_id: str, snapshot: dict[str, Any]) -> Task | None:
-        """A task uploaded on another instance, read back from its folder and Redis."""
+        """A task this instance has no view of, read back from its folder and Redis."""
         try:
             task = Task.restore(self._data_dir / task_id, snapshot, window=1)
         except Exception:  # its folder is gone: deleted meanwhile
@@ -405,10 +448,30 @@ class RedisTaskStore:
         with self._lock:
             return self._tasks.setdefault(task_id, task)
 
-    def remove(self, task_id: str) -> None:
+    def prune(self) -> None:
+        """Let go of the views of finished tasks no cursor here reads, past IDLE_VIEWS of them."""
+        with self._lock:
+            idle = [
+                task
+                for task in self._tasks.values()  # least recently used first
+                if isinstance(task.chunk_log, SharedChunkLog)
+                and task.chunk_log.finished
+                and not self.in_use(task.id)
+            ]
+            gone = idle[: max(0, len(idle) - IDLE_VIEWS)]
+            for task in gone:
+                del self._tasks[task.id]
+        for task in gone:
+            self._follower.forget(task.id)
+
+    def let_go(self, task_id: str) -> None:
+        """Forget this instance's view of a task (Redis is not changed)."""
         with self._lock:
             self._tasks.pop(task_id, None)
         self._follower.forget(task_id)
+
+    def remove(self, task_id: str) -> None:
+        self.let_go(task_id)
         pipe = self._redis.pipeline()
         pipe.delete(task_key(task_id), log_key(task_id), stop_key(task_id))
         pipe.srem(TASKS, task_id)
@@ -432,6 +495,10 @@ class ClusterEngine(TaskEngine):
         self.celery = celery_app(redis_url, visibility_timeout=visibility_timeout(longest))
         super().__init__(store=store, retention=False, **settings)
         self.follower.on_progress = self._progress
+        # Views of finished tasks go when their last cursor here ends, or when they end.
+        store.in_use = self.delivery.serving
+        self.delivery.on_idle = lambda task: store.prune()
+        self.follower.on_retired = lambda task_id: store.prune()
         self._reaping = threading.Event()
         self._reaper = threading.Thread(target=self._reap, name="reaper", daemon=True)
         self._reaper.start()
