@@ -31,10 +31,13 @@ import contextlib
 import json
 import logging
 import os
+import socket
 import threading
+import uuid
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -45,6 +48,7 @@ from .audio.pipeline import Stage
 from .chunklog import LogClosed
 from .exceptions import AtCapacity, TaskConflict
 from .messages import Health, ProcessingProgressEvent, TaskJson
+from .retention import TASK_FOLDER, Finished, choose_swept
 from .run import TaskRun, terminal_core
 from .storage import check_room, remove_folder, save_snapshot
 from .task import TERMINAL, Status, Task, TaskOptions, now, parse_iso
@@ -70,6 +74,7 @@ HEARTBEAT_SECONDS = (
     2.0  # how often workers renew their claims, and web instances look for lost ones
 )
 WEB_OWNER = "web"  # the owner of a task a web instance ended before any worker took it
+SWEEPER = "audio:sweeper"  # the lock of the one web instance that sweeps: its name, with a TTL
 IDLE_VIEWS = 16  # finished tasks a web instance keeps its view of, for the requests that follow
 
 
@@ -473,13 +478,133 @@ class RedisTaskStore:
     def remove(self, task_id: str) -> None:
         self.let_go(task_id)
         pipe = self._redis.pipeline()
-        pipe.delete(task_key(task_id), log_key(task_id), stop_key(task_id))
+        pipe.delete(task_key(task_id), log_key(task_id), stop_key(task_id), owner_key(task_id))
         pipe.srem(TASKS, task_id)
+        pipe.srem(RUNNING, task_id)
         pipe.execute()
 
     def all(self) -> list[Task]:
         found = (self.get(str(task_id)) for task_id in self._redis.smembers(TASKS))
         return [task for task in found if task is not None]
+
+
+# Renew the lock only if it is still ours: the sweeper of an instance that stalled past the
+# lock's time must not take it back from the one that replaced it.
+RENEW_IF_OURS = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
+return 0
+"""
+RELEASE_IF_OURS = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0
+"""
+
+
+class ClusterSweeper:
+    """Sweeps the cluster's finished tasks (RESULT_TTL_HOURS, MAX_DATA_MB), one instance at a time.
+
+    The instance that holds ``audio:sweeper`` sweeps; it renews the lock at
+    each sweep, and the lock lasts three sweeps, so when that instance dies
+    another takes the lock and sweeps in its place. A sweep deletes, across the
+    cluster, the tasks that ended (and whose worker let them go) longer ago than
+    the time to live, then the oldest while the shared folder is over its cap:
+    their keys in Redis and their folders. Folders no task in Redis names (Redis
+    lost its data, say) go once they are older than the time to live (an hour
+    at least: a folder being uploaded into has no task in Redis yet).
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        data_dir: Path,
+        ttl_seconds: float,
+        max_data_bytes: int,
+        sweep_seconds: float,
+        forget: Callable[[str], None],
+    ) -> None:
+        self._redis = client
+        self.name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.data_dir = data_dir
+        self.ttl_seconds = ttl_seconds
+        self.max_data_bytes = max_data_bytes
+        self.lock_ms = int(1000 * max(3 * sweep_seconds, 10.0))
+        self._forget = forget
+        self._renew = client.register_script(RENEW_IF_OURS)
+        self._release = client.register_script(RELEASE_IF_OURS)
+        self.swept = threading.Event()  # set after each sweep this instance makes
+
+    def leads(self) -> bool:
+        """Take or keep the sweeper's lock; False while another instance holds it."""
+        if self._redis.set(SWEEPER, self.name, nx=True, px=self.lock_ms):
+            return True
+        return bool(self._renew(keys=[SWEEPER], args=[self.name, self.lock_ms]))
+
+    def sweep(self, *, moment: datetime | None = None) -> list[str] | None:
+        """Delete what is past its time or over the cap; None if another instance sweeps."""
+        if not self.leads():
+            return None
+        moment = moment or now()
+        known = {str(task_id) for task_id in self._redis.smembers(TASKS)}
+        swept = choose_swept(
+            self._finished(sorted(known)),
+            moment=moment,
+            ttl_seconds=self.ttl_seconds,
+            max_data_bytes=self.max_data_bytes,
+            data_dir=self.data_dir,
+        )
+        for task in swept:
+            self._forget(task.task_id)
+        orphans = self._orphans(known, moment=moment)
+        for folder in orphans:
+            remove_folder(folder)
+        if swept or orphans:
+            logger.info("swept %d finished tasks and %d folders of no task", len(swept),
+                        len(orphans))  # fmt: skip
+        self.swept.set()
+        return [task.task_id for task in swept]
+
+    def _finished(self, task_ids: list[str]) -> list[Finished]:
+        """The tasks that have ended and that no worker holds any more, from their snapshots."""
+        raws = self._redis.mget([task_key(task_id) for task_id in task_ids]) if task_ids else []
+        finished = []
+        for task_id, raw in zip(task_ids, raws, strict=True):
+            if raw is None:  # its keys went, its id stayed behind
+                self._redis.srem(TASKS, task_id)
+                continue
+            snapshot = json.loads(raw)
+            described = snapshot["task"]
+            if Status(described["status"]) in TERMINAL and snapshot.get("retired"):
+                ended = parse_iso(described["finished_at"] or described["created_at"])
+                assert ended is not None, "a task has a creation time"
+                finished.append(Finished(task_id, ended, self.data_dir / task_id))
+        return finished
+
+    def _orphans(self, known: set[str], *, moment: datetime) -> list[Path]:
+        """Task folders that no task in Redis names, older than the time to live."""
+        grace = max(self.ttl_seconds, 3600.0)
+        orphans = []
+        for folder in self.data_dir.iterdir():
+            if not TASK_FOLDER.fullmatch(folder.name) or folder.name in known:
+                continue
+            with contextlib.suppress(OSError):
+                changed = datetime.fromtimestamp(folder.stat().st_mtime, UTC)
+                if (moment - changed).total_seconds() > grace and folder.name not in known:
+                    orphans.append(folder)
+        return orphans
+
+    def run(self, seconds: float, stopped: threading.Event) -> None:
+        """Sweep every so many seconds while this instance holds the lock, until stopped."""
+        while not stopped.wait(seconds):
+            try:
+                self.sweep()
+            except Exception:  # the sweeper must outlive a bad day (Redis away, say)
+                logger.exception("sweep failed")
+
+    def release(self) -> None:
+        """Let another instance sweep (at shutdown)."""
+        with contextlib.suppress(redis.RedisError):
+            self._release(keys=[SWEEPER], args=[self.name])
 
 
 class ClusterEngine(TaskEngine):
@@ -502,6 +627,36 @@ class ClusterEngine(TaskEngine):
         self._reaping = threading.Event()
         self._reaper = threading.Thread(target=self._reap, name="reaper", daemon=True)
         self._reaper.start()
+        sweep_seconds = float(settings.get("sweep_seconds", 60.0))
+        self.sweeper = ClusterSweeper(
+            self.redis,
+            data_dir=self.data_dir,
+            ttl_seconds=self.retention.ttl_seconds,
+            max_data_bytes=self.max_data_bytes,
+            sweep_seconds=sweep_seconds,
+            forget=self._forget_finished,
+        )
+        if sweep_seconds > 0:
+            threading.Thread(target=self.sweeper.run, args=(sweep_seconds, self._reaping),
+                             name="sweeper", daemon=True).start()  # fmt: skip
+
+    @property
+    def swept(self) -> threading.Event:
+        """Set after each sweep this instance makes (it holds the cluster's sweeper lock)."""
+        return self.sweeper.swept
+
+    def sweep(self, *, moment: datetime | None = None) -> list[str]:
+        """Sweep the cluster's finished tasks if no other instance does (see ClusterSweeper)."""
+        return self.sweeper.sweep(moment=moment) or []
+
+    def _forget_finished(self, task_id: str) -> None:
+        """Delete a finished task everywhere: its keys, its folder, and this instance's view."""
+        task = self.cluster_store.cached(task_id)
+        self.cluster_store.remove(task_id)
+        if task is not None:
+            self.delivery.forget(task)
+            task.chunk_log.close()
+        remove_folder(self.data_dir / task_id)
 
     def _progress(self, task_id: str, data: dict[str, Any]) -> None:
         """A worker's processing_progress, for this instance's subscribers of the task."""
@@ -707,6 +862,7 @@ class ClusterEngine(TaskEngine):
 
     def shutdown(self, *, timeout: float = 4.0) -> None:
         self._reaping.set()
+        self.sweeper.release()
         super().shutdown(timeout=timeout)
         self.follower.stop()
         self.redis.close()
