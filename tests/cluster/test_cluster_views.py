@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 from helpers import Recorder, wav_pcm
-from test_cluster import WorkerProcess
 
 from audioserver import cluster
+from bench.harness import WorkerProcess
 
 TASKS = 6
 IDLE = 2  # IDLE_VIEWS for the test: fewer than the tasks
