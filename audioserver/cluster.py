@@ -589,7 +589,7 @@ class ClusterSweeper:
                 continue
             with contextlib.suppress(OSError):
                 changed = datetime.fromtimestamp(folder.stat().st_mtime, UTC)
-                if (moment - changed).total_seconds() > grace and folder.name not in known:
+                if (moment - changed).total_seconds() > grace:
                     orphans.append(folder)
         return orphans
 
