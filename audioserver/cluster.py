@@ -443,7 +443,8 @@ class RedisTaskStore:
     def _load(self, task_id: str, snapshot: dict[str, Any]) -> Task | None:
         """A task this instance has no view of, read back from its folder and Redis."""
         try:
-            task = Task.restore(self._data_dir / task_id, snapshot, window=1)
+            # Where each chunk lies comes from the stream, not from reading chunks.jsonl.
+            task = Task.restore(self._data_dir / task_id, snapshot, window=1, indexed=False)
         except Exception:  # its folder is gone: deleted meanwhile
             logger.info("task %s has no folder here", task_id)
             return None
@@ -700,6 +701,7 @@ class ClusterEngine(TaskEngine):
             task.finished_at = now()
             task.error = {"error": "worker_lost", "message": message}
             task.next_index = len(log)
+            task.work_done = len(log) * len(task.stages)  # its progress: what it emitted
             last = task.stages[-1]
             task.output_frames = log.pcm_bytes // (2 * last.output_channels)
             task.result_path = task.folder / "result.wav"
