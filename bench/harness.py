@@ -225,6 +225,10 @@ class RedisServer:
             counts[name.removeprefix("cmdstat_")] = int(stat["calls"])
         return counts
 
+    def memory(self, keys: list[str]) -> int:
+        """Bytes Redis holds for these keys (MEMORY USAGE, every element counted)."""
+        return sum(int(self.client.memory_usage(key, samples=0) or 0) for key in keys)
+
     def close(self) -> None:
         self.client.close()
         if self.process.poll() is None:

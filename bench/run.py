@@ -45,6 +45,7 @@ from harness import (
 )
 
 from audioserver.audio.ffmpeg import find_ffmpeg
+from audioserver.cluster import log_key, task_key
 from audioserver.storage import folder_bytes, load_snapshot
 
 PIPELINE = "highpass=freq=80,loudness=target=-14"
@@ -425,6 +426,8 @@ def cluster_batch(
             batch = run_batch(web.url, path, sizes.cluster_tasks)
             after = redis_server.stats()
             batch["redis"] = {name: after[name] - before.get(name, 0) for name in after}
+            keys = [key(task) for task in batch["tasks"] for key in (task_key, log_key)]
+            batch["redis"]["kept_bytes"] = redis_server.memory(keys)
             runs.append(batch)
     finally:
         for process in processes:
@@ -480,6 +483,8 @@ def cluster_figures(
         "cluster_redis_xadd_per_chunk": redis.get("xadd", 0) / chunks,
         "cluster_redis_xrange_per_chunk": redis.get("xrange", 0) / chunks,
         "cluster_redis_bytes_per_chunk": redis["net_bytes"] / chunks,
+        # What Redis keeps of a finished task (its stream, its JSON) until it is swept.
+        "cluster_redis_memory_per_chunk": redis["kept_bytes"] / chunks,
         "cluster_redis_commands_per_s": redis["commands"] / two["seconds"],
         "cluster_redis_publish_per_s": redis.get("publish", 0) / two["seconds"],
         "cluster_chunks_per_s": chunks / two["seconds"],
@@ -503,7 +508,8 @@ def cluster_report(r: dict[str, Any]) -> str:
         f"({r['cluster_redis_xadd_per_chunk']:.2f} XADD, "
         f"{r['cluster_redis_publish_per_chunk']:.2f} PUBLISH, "
         f"{r['cluster_redis_xrange_per_chunk']:.2f} XRANGE), "
-        f"{r['cluster_redis_bytes_per_chunk'] / kb:.2f} kB in and out; "
+        f"{r['cluster_redis_bytes_per_chunk'] / kb:.2f} kB in and out, "
+        f"{r['cluster_redis_memory_per_chunk']:.0f} bytes kept; "
         f"{r['cluster_redis_commands_per_s']:.0f} commands/s and "
         f"{r['cluster_chunks_per_s']:.0f} chunks/s at 2 workers",
         f"shared folder per second of audio: upload "
