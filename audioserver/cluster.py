@@ -31,8 +31,13 @@ import contextlib
 import json
 import logging
 import os
+import socket
 import threading
+import uuid
+import weakref
+from collections import OrderedDict
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -43,6 +48,7 @@ from .audio.pipeline import Stage
 from .chunklog import LogClosed
 from .exceptions import AtCapacity, TaskConflict
 from .messages import Health, ProcessingProgressEvent, TaskJson
+from .retention import TASK_FOLDER, Finished, choose_swept
 from .run import TaskRun, terminal_core
 from .storage import check_room, remove_folder, save_snapshot
 from .task import TERMINAL, Status, Task, TaskOptions, now, parse_iso
@@ -68,6 +74,8 @@ HEARTBEAT_SECONDS = (
     2.0  # how often workers renew their claims, and web instances look for lost ones
 )
 WEB_OWNER = "web"  # the owner of a task a web instance ended before any worker took it
+SWEEPER = "audio:sweeper"  # the lock of the one web instance that sweeps: its name, with a TTL
+IDLE_VIEWS = 16  # finished tasks a web instance keeps its view of, for the requests that follow
 
 
 def task_key(task_id: str) -> str:
@@ -148,6 +156,7 @@ class SharedChunkLog:
         self._terminal: tuple[str, dict[str, Any]] | None = None
         self._closed = False
         self._fds: tuple[int, int] | None = None
+        self._close_files: weakref.finalize[Any, Any] | None = None
         self.pcm_bytes = 0  # of the chunks in the stream
         self.meta_bytes = 0
         self.chunks_total: int | None = None
@@ -155,8 +164,8 @@ class SharedChunkLog:
         self._refreshing = threading.Lock()
         self.refresh()
 
-    def refresh(self) -> None:
-        """Take in the stream's new entries and wake the waiting readers."""
+    def refresh(self) -> bool:
+        """Take in the stream's new entries and wake the waiting readers; True if retired now."""
         with self._refreshing:
             # decode_responses: ids and fields are str (redis-py's hints say bytes | str | None).
             entries = cast(
@@ -164,7 +173,8 @@ class SharedChunkLog:
                 self._redis.xrange(self._key, min=f"({self._last}"),
             )
             if not entries:
-                return
+                return False
+            was_retired = self._retired.is_set()
             with self._changed:
                 for entry_id, fields in entries:
                     self._last = entry_id
@@ -181,6 +191,7 @@ class SharedChunkLog:
                         self.meta_bytes = offsets[0] + offsets[1]
                         self.chunks_total = json.loads(fields["t"])
                 self._changed.notify_all()
+            return self._retired.is_set() and not was_retired
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -192,6 +203,11 @@ class SharedChunkLog:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def finished(self) -> bool:
+        """The task has ended and its worker let it go: nothing more will come."""
+        return self._terminal is not None and self._retired.is_set()
 
     def append(self, meta: dict[str, Any], pcm: bytes) -> int:
         raise LogClosed("a web instance does not write chunks: the worker does")
@@ -206,6 +222,9 @@ class SharedChunkLog:
         if self._fds is None:
             meta = os.open(self._folder / "chunks.jsonl", os.O_RDONLY)
             self._fds = (meta, os.open(self._folder / "result.wav", os.O_RDONLY))
+            # A view let go (RedisTaskStore.prune) is not closed: a request may still read
+            # it. Its files close when the last of them lets go of it.
+            self._close_files = weakref.finalize(self, close_files, self._fds)
         return self._fds
 
     def read(self, index: int) -> tuple[dict[str, Any], bytes]:
@@ -244,10 +263,14 @@ class SharedChunkLog:
         with self._changed:
             if not self._closed:
                 self._closed = True
-                if self._fds is not None:
-                    for fd in self._fds:
-                        os.close(fd)
+                if self._close_files is not None:
+                    self._close_files()
             self._changed.notify_all()
+
+
+def close_files(fds: tuple[int, ...]) -> None:
+    for fd in fds:
+        os.close(fd)
 
 
 def keep_chunks(
@@ -277,6 +300,7 @@ class LogFollower:
         self._logs: dict[str, SharedChunkLog] = {}
         self._stopped = threading.Event()
         self.on_progress: Callable[[str, dict[str, Any]], None] = lambda task_id, data: None
+        self.on_retired: Callable[[str], None] = lambda task_id: None  # a log's task let go
         self._pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
         self._pubsub.subscribe(EVENTS, PROGRESS)
         self._thread = threading.Thread(target=self._follow, name="log-follower", daemon=True)
@@ -289,6 +313,11 @@ class LogFollower:
     def forget(self, task_id: str) -> None:
         with self._lock:
             self._logs.pop(task_id, None)
+
+    def watching(self) -> int:
+        """How many logs this instance follows."""
+        with self._lock:
+            return len(self._logs)
 
     def _follow(self) -> None:
         while not self._stopped.is_set():
@@ -310,9 +339,12 @@ class LogFollower:
                 log = self._logs.get(str(message["data"]))
             if log is not None:
                 try:
-                    log.refresh()
+                    retired = log.refresh()
                 except redis.RedisError:
                     logger.warning("cannot read the log of task %s", message["data"])
+                    continue
+                if retired:
+                    self.on_retired(str(message["data"]))
 
     def stop(self) -> None:
         self._stopped.set()
@@ -343,14 +375,22 @@ def apply_snapshot(task: Task, snapshot: dict[str, Any]) -> None:
 
 
 class RedisTaskStore:
-    """Every task of the cluster, in Redis; each instance keeps a copy of those it serves."""
+    """Every task of the cluster, in Redis; each instance keeps a view of those it serves.
+
+    A view is the instance's ``Task`` with its ``SharedChunkLog``. That of a
+    running task, or of one a cursor here reads, is kept; those of finished
+    tasks nobody here reads are let go past the ``IDLE_VIEWS`` most recently
+    used, and made again from Redis and the folder when asked for. So an
+    instance's memory follows what it serves now, not every task it ever served.
+    """
 
     def __init__(self, client: redis.Redis, follower: LogFollower, *, data_dir: Path) -> None:
         self._redis = client
         self._follower = follower
         self._data_dir = data_dir
         self._lock = threading.Lock()
-        self._tasks: dict[str, Task] = {}
+        self._tasks: OrderedDict[str, Task] = OrderedDict()  # least recently used first
+        self.in_use: Callable[[str], int] = lambda task_id: 0  # cursors reading a task here
 
     def open_log(self, task: Task) -> SharedChunkLog:
         """A web instance's reader of a task's log, woken by the follower."""
@@ -359,9 +399,14 @@ class RedisTaskStore:
         return log
 
     def cached(self, task_id: str) -> Task | None:
-        """The copy of a task this instance has already, without asking Redis."""
+        """The view of a task this instance has already, without asking Redis."""
         with self._lock:
             return self._tasks.get(task_id)
+
+    def views(self) -> int:
+        """How many tasks this instance keeps a view of."""
+        with self._lock:
+            return len(self._tasks)
 
     def add(self, task: Task) -> None:
         with self._lock:
@@ -371,6 +416,7 @@ class RedisTaskStore:
         pipe.sadd(TASKS, task.id)
         pipe.xadd(log_key(task.id), {"created": "1"})  # the worker appends, never creates
         pipe.execute()
+        self.prune()
 
     def snapshot(self, task_id: str) -> dict[str, Any] | None:
         raw = self._redis.get(task_key(task_id))
@@ -379,23 +425,26 @@ class RedisTaskStore:
 
     def get(self, task_id: str) -> Task | None:
         snapshot = self.snapshot(task_id)
-        if snapshot is None:
-            with self._lock:
-                self._tasks.pop(task_id, None)
+        if snapshot is None:  # deleted, maybe by another instance: its view goes too
+            self.let_go(task_id)
             return None
         with self._lock:
             task = self._tasks.get(task_id)
+            if task is not None:
+                self._tasks.move_to_end(task_id)
         if task is None:
             task = self._load(task_id, snapshot)
             if task is None:
                 return None
         apply_snapshot(task, snapshot)
+        self.prune()
         return task
 
     def _load(self, task_id: str, snapshot: dict[str, Any]) -> Task | None:
-        """A task uploaded on another instance, read back from its folder and Redis."""
+        """A task this instance has no view of, read back from its folder and Redis."""
         try:
-            task = Task.restore(self._data_dir / task_id, snapshot, window=1)
+            # Where each chunk lies comes from the stream, not from reading chunks.jsonl.
+            task = Task.restore(self._data_dir / task_id, snapshot, window=1, indexed=False)
         except Exception:  # its folder is gone: deleted meanwhile
             logger.info("task %s has no folder here", task_id)
             return None
@@ -405,18 +454,158 @@ class RedisTaskStore:
         with self._lock:
             return self._tasks.setdefault(task_id, task)
 
-    def remove(self, task_id: str) -> None:
+    def prune(self) -> None:
+        """Let go of the views of finished tasks no cursor here reads, past IDLE_VIEWS of them."""
+        with self._lock:
+            idle = [
+                task
+                for task in self._tasks.values()  # least recently used first
+                if isinstance(task.chunk_log, SharedChunkLog)
+                and task.chunk_log.finished
+                and not self.in_use(task.id)
+            ]
+            gone = idle[: max(0, len(idle) - IDLE_VIEWS)]
+            for task in gone:
+                del self._tasks[task.id]
+        for task in gone:
+            self._follower.forget(task.id)
+
+    def let_go(self, task_id: str) -> None:
+        """Forget this instance's view of a task (Redis is not changed)."""
         with self._lock:
             self._tasks.pop(task_id, None)
         self._follower.forget(task_id)
+
+    def remove(self, task_id: str) -> None:
+        self.let_go(task_id)
         pipe = self._redis.pipeline()
-        pipe.delete(task_key(task_id), log_key(task_id), stop_key(task_id))
+        pipe.delete(task_key(task_id), log_key(task_id), stop_key(task_id), owner_key(task_id))
         pipe.srem(TASKS, task_id)
+        pipe.srem(RUNNING, task_id)
         pipe.execute()
 
     def all(self) -> list[Task]:
         found = (self.get(str(task_id)) for task_id in self._redis.smembers(TASKS))
         return [task for task in found if task is not None]
+
+
+# Renew the lock only if it is still ours: the sweeper of an instance that stalled past the
+# lock's time must not take it back from the one that replaced it.
+RENEW_IF_OURS = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
+return 0
+"""
+RELEASE_IF_OURS = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0
+"""
+
+
+class ClusterSweeper:
+    """Sweeps the cluster's finished tasks (RESULT_TTL_HOURS, MAX_DATA_MB), one instance at a time.
+
+    The instance that holds ``audio:sweeper`` sweeps; it renews the lock at
+    each sweep, and the lock lasts three sweeps, so when that instance dies
+    another takes the lock and sweeps in its place. A sweep deletes, across the
+    cluster, the tasks that ended (and whose worker let them go) longer ago than
+    the time to live, then the oldest while the shared folder is over its cap:
+    their keys in Redis and their folders. Folders no task in Redis names (Redis
+    lost its data, say) go once they are older than the time to live (an hour
+    at least: a folder being uploaded into has no task in Redis yet).
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        data_dir: Path,
+        ttl_seconds: float,
+        max_data_bytes: int,
+        sweep_seconds: float,
+        forget: Callable[[str], None],
+    ) -> None:
+        self._redis = client
+        self.name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.data_dir = data_dir
+        self.ttl_seconds = ttl_seconds
+        self.max_data_bytes = max_data_bytes
+        self.lock_ms = int(1000 * max(3 * sweep_seconds, 10.0))
+        self._forget = forget
+        self._renew = client.register_script(RENEW_IF_OURS)
+        self._release = client.register_script(RELEASE_IF_OURS)
+        self.swept = threading.Event()  # set after each sweep this instance makes
+
+    def leads(self) -> bool:
+        """Take or keep the sweeper's lock; False while another instance holds it."""
+        if self._redis.set(SWEEPER, self.name, nx=True, px=self.lock_ms):
+            return True
+        return bool(self._renew(keys=[SWEEPER], args=[self.name, self.lock_ms]))
+
+    def sweep(self, *, moment: datetime | None = None) -> list[str] | None:
+        """Delete what is past its time or over the cap; None if another instance sweeps."""
+        if not self.leads():
+            return None
+        moment = moment or now()
+        known = {str(task_id) for task_id in self._redis.smembers(TASKS)}
+        swept = choose_swept(
+            self._finished(sorted(known)),
+            moment=moment,
+            ttl_seconds=self.ttl_seconds,
+            max_data_bytes=self.max_data_bytes,
+            data_dir=self.data_dir,
+        )
+        for task in swept:
+            self._forget(task.task_id)
+        orphans = self._orphans(known, moment=moment)
+        for folder in orphans:
+            remove_folder(folder)
+        if swept or orphans:
+            logger.info("swept %d finished tasks and %d folders of no task", len(swept),
+                        len(orphans))  # fmt: skip
+        self.swept.set()
+        return [task.task_id for task in swept]
+
+    def _finished(self, task_ids: list[str]) -> list[Finished]:
+        """The tasks that have ended and that no worker holds any more, from their snapshots."""
+        raws = self._redis.mget([task_key(task_id) for task_id in task_ids]) if task_ids else []
+        finished = []
+        for task_id, raw in zip(task_ids, raws, strict=True):
+            if raw is None:  # its keys went, its id stayed behind
+                self._redis.srem(TASKS, task_id)
+                continue
+            snapshot = json.loads(raw)
+            described = snapshot["task"]
+            if Status(described["status"]) in TERMINAL and snapshot.get("retired"):
+                ended = parse_iso(described["finished_at"] or described["created_at"])
+                assert ended is not None, "a task has a creation time"
+                finished.append(Finished(task_id, ended, self.data_dir / task_id))
+        return finished
+
+    def _orphans(self, known: set[str], *, moment: datetime) -> list[Path]:
+        """Task folders that no task in Redis names, older than the time to live."""
+        grace = max(self.ttl_seconds, 3600.0)
+        orphans = []
+        for folder in self.data_dir.iterdir():
+            if not TASK_FOLDER.fullmatch(folder.name) or folder.name in known:
+                continue
+            with contextlib.suppress(OSError):
+                changed = datetime.fromtimestamp(folder.stat().st_mtime, UTC)
+                if (moment - changed).total_seconds() > grace:
+                    orphans.append(folder)
+        return orphans
+
+    def run(self, seconds: float, stopped: threading.Event) -> None:
+        """Sweep every so many seconds while this instance holds the lock, until stopped."""
+        while not stopped.wait(seconds):
+            try:
+                self.sweep()
+            except Exception:  # the sweeper must outlive a bad day (Redis away, say)
+                logger.exception("sweep failed")
+
+    def release(self) -> None:
+        """Let another instance sweep (at shutdown)."""
+        with contextlib.suppress(redis.RedisError):
+            self._release(keys=[SWEEPER], args=[self.name])
 
 
 class ClusterEngine(TaskEngine):
@@ -432,9 +621,43 @@ class ClusterEngine(TaskEngine):
         self.celery = celery_app(redis_url, visibility_timeout=visibility_timeout(longest))
         super().__init__(store=store, retention=False, **settings)
         self.follower.on_progress = self._progress
+        # Views of finished tasks go when their last cursor here ends, or when they end.
+        store.in_use = self.delivery.serving
+        self.delivery.on_idle = lambda task: store.prune()
+        self.follower.on_retired = lambda task_id: store.prune()
         self._reaping = threading.Event()
         self._reaper = threading.Thread(target=self._reap, name="reaper", daemon=True)
         self._reaper.start()
+        sweep_seconds = float(settings.get("sweep_seconds", 60.0))
+        self.sweeper = ClusterSweeper(
+            self.redis,
+            data_dir=self.data_dir,
+            ttl_seconds=self.retention.ttl_seconds,
+            max_data_bytes=self.max_data_bytes,
+            sweep_seconds=sweep_seconds,
+            forget=self._forget_finished,
+        )
+        if sweep_seconds > 0:
+            threading.Thread(target=self.sweeper.run, args=(sweep_seconds, self._reaping),
+                             name="sweeper", daemon=True).start()  # fmt: skip
+
+    @property
+    def swept(self) -> threading.Event:
+        """Set after each sweep this instance makes (it holds the cluster's sweeper lock)."""
+        return self.sweeper.swept
+
+    def sweep(self, *, moment: datetime | None = None) -> list[str]:
+        """Sweep the cluster's finished tasks if no other instance does (see ClusterSweeper)."""
+        return self.sweeper.sweep(moment=moment) or []
+
+    def _forget_finished(self, task_id: str) -> None:
+        """Delete a finished task everywhere: its keys, its folder, and this instance's view."""
+        task = self.cluster_store.cached(task_id)
+        self.cluster_store.remove(task_id)
+        if task is not None:
+            self.delivery.forget(task)
+            task.chunk_log.close()
+        remove_folder(self.data_dir / task_id)
 
     def _progress(self, task_id: str, data: dict[str, Any]) -> None:
         """A worker's processing_progress, for this instance's subscribers of the task."""
@@ -478,6 +701,7 @@ class ClusterEngine(TaskEngine):
             task.finished_at = now()
             task.error = {"error": "worker_lost", "message": message}
             task.next_index = len(log)
+            task.work_done = len(log) * len(task.stages)  # its progress: what it emitted
             last = task.stages[-1]
             task.output_frames = log.pcm_bytes // (2 * last.output_channels)
             task.result_path = task.folder / "result.wav"
@@ -640,6 +864,7 @@ class ClusterEngine(TaskEngine):
 
     def shutdown(self, *, timeout: float = 4.0) -> None:
         self._reaping.set()
+        self.sweeper.release()
         super().shutdown(timeout=timeout)
         self.follower.stop()
         self.redis.close()

@@ -142,27 +142,24 @@ class Delivery:
         self.client_backlog = client_backlog
         self._start = start or _thread
         self._lock = threading.Lock()
-        self._feeds: dict[str, Feed] = {}
-
-    def _feed(self, task: Task) -> Feed:
-        with self._lock:
-            feed = self._feeds.get(task.id)
-            if feed is None:
-                feed = self._feeds[task.id] = Feed(task)
-            return feed
+        self._feeds: dict[str, Feed] = {}  # the tasks with cursors: a feed goes with its last
+        self.on_idle: Callable[[Task], None] = lambda task: None  # a task's last cursor ended
 
     def subscribe(self, task: Task, sid: str, *, from_index: int = 0) -> None:
         """Send a client every chunk from from_index on, then the rest as it comes, then the end."""
-        feed = self._feed(task)
-        with feed.lock:
-            cursor = feed.cursors.get(sid)
-            if cursor is not None and not cursor.cancelled and not cursor.finished:
-                cursor.position = from_index
-                cursor.moves += 1
-                moved = True
-            else:
-                cursor = feed.cursors[sid] = Cursor(sid, from_index)
-                moved = False
+        with self._lock:  # the cursor joins the feed before an idle feed can be let go
+            feed = self._feeds.get(task.id)
+            if feed is None:
+                feed = self._feeds[task.id] = Feed(task)
+            with feed.lock:
+                cursor = feed.cursors.get(sid)
+                if cursor is not None and not cursor.cancelled and not cursor.finished:
+                    cursor.position = from_index
+                    cursor.moves += 1
+                    moved = True
+                else:
+                    cursor = feed.cursors[sid] = Cursor(sid, from_index)
+                    moved = False
         if moved:
             task.chunk_log.wake()
         else:
@@ -170,7 +167,10 @@ class Delivery:
 
     def unsubscribe(self, task: Task, sid: str) -> None:
         """Send a client nothing more of a task."""
-        feed = self._feed(task)
+        with self._lock:
+            feed = self._feeds.get(task.id)
+        if feed is None:
+            return
         with feed.lock:
             cursor = feed.cursors.pop(sid, None)
             if cursor is not None:
@@ -201,9 +201,17 @@ class Delivery:
                 feed.packets.clear()
 
     def subscribers(self, task: Task) -> int:
-        feed = self._feed(task)
-        with feed.lock:
-            return len(feed.cursors)
+        """How many cursors read a task here."""
+        return self.serving(task.id)
+
+    def serving(self, task_id: str) -> int:
+        """How many cursors read a task here (by its id)."""
+        with self._lock:
+            feed = self._feeds.get(task_id)
+            if feed is None:
+                return 0
+            with feed.lock:
+                return len(feed.cursors)
 
     def progress(self, task: Task, data: ProcessingProgressEvent) -> None:
         """Send processing_progress to the subscribers that have every chunk so far.
@@ -276,6 +284,15 @@ class Delivery:
                 with feed.encoding:  # no cursor left to read what is cached
                     feed.packets.clear()
                     feed.cached_bytes = 0
+                self._let_go(feed)
+
+    def _let_go(self, feed: Feed) -> None:
+        """Forget a feed whose last cursor has ended (a new subscriber starts a new one)."""
+        with self._lock, feed.lock:
+            if feed.cursors or self._feeds.get(feed.task.id) is not feed:
+                return  # a subscriber came meanwhile, or the task was forgotten
+            del self._feeds[feed.task.id]
+        self.on_idle(feed.task)
 
     def _follow(self, feed: Feed, cursor: Cursor) -> None:
         log = feed.task.chunk_log

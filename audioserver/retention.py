@@ -15,6 +15,7 @@ import logging
 import re
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -28,6 +29,42 @@ from .taskstore import TaskStore
 logger = logging.getLogger("audioserver.tasks")
 
 TASK_FOLDER = re.compile(r"[0-9a-f]{32}")  # uuid4 hex: the only folders the engine owns
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A finished task, as the sweeper sees it."""
+
+    task_id: str
+    ended: datetime  # when it finished (when it was created, if it never started)
+    folder: Path
+
+
+def choose_swept(
+    finished: list[Finished],
+    *,
+    moment: datetime,
+    ttl_seconds: float,
+    max_data_bytes: int,
+    data_dir: Path,
+) -> list[Finished]:
+    """The finished tasks to delete: past their time to live, then the oldest over the cap.
+
+    The cap (max_data_bytes, 0 for none) is on the whole data folder: the oldest
+    finished tasks go until what is left fits under it.
+    """
+    finished = sorted(finished, key=lambda task: task.ended)
+    swept = [task for task in finished if (moment - task.ended).total_seconds() > ttl_seconds]
+    if max_data_bytes:
+        excess = folder_bytes(data_dir) - max_data_bytes
+        excess -= sum(folder_bytes(task.folder) for task in swept)
+        for task in finished:  # oldest first
+            if excess <= 0:
+                break
+            if task not in swept:
+                excess -= folder_bytes(task.folder)
+                swept.append(task)
+    return swept
 
 
 class Retention:
@@ -118,31 +155,24 @@ class Retention:
 
     def sweep(self, *, moment: datetime | None = None) -> list[str]:
         """Delete results past their time to live, then the oldest while over the size cap."""
-        moment = moment or now()
-        finished = sorted(
-            (task for task in self.store.all() if task.status in TERMINAL),
-            key=lambda task: task.finished_at or task.created_at,
-        )
-        expired = [
-            task
-            for task in finished
-            if (moment - (task.finished_at or task.created_at)).total_seconds() > self.ttl_seconds
+        finished = [
+            Finished(task.id, task.finished_at or task.created_at, task.folder)
+            for task in self.store.all()
+            if task.status in TERMINAL
         ]
-        if self.max_data_bytes:
-            excess = folder_bytes(self.data_dir) - self.max_data_bytes
-            excess -= sum(folder_bytes(task.folder) for task in expired)
-            for task in finished:  # oldest first
-                if excess <= 0:
-                    break
-                if task not in expired:
-                    excess -= folder_bytes(task.folder)
-                    expired.append(task)
-        for task in expired:
+        swept = choose_swept(
+            finished,
+            moment=moment or now(),
+            ttl_seconds=self.ttl_seconds,
+            max_data_bytes=self.max_data_bytes,
+            data_dir=self.data_dir,
+        )
+        for task in swept:
             with contextlib.suppress(TaskNotFound):
-                self.delete(task.id)
-        if expired:
-            logger.info("swept %d finished tasks", len(expired))
-        return [task.id for task in expired]
+                self.delete(task.task_id)
+        if swept:
+            logger.info("swept %d finished tasks", len(swept))
+        return [task.task_id for task in swept]
 
     def start(self, seconds: float) -> None:
         """Sweep every so many seconds, in a thread of its own (0: never)."""

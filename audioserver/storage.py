@@ -36,8 +36,19 @@ class ChunkStore:
     """Emitted chunks, appended in index order and read back by index."""
 
     def __init__(
-        self, folder: Path, *, sample_rate: int, channels: int, existing: bool = False
+        self,
+        folder: Path,
+        *,
+        sample_rate: int,
+        channels: int,
+        existing: bool = False,
+        indexed: bool = True,
     ) -> None:
+        """Create a store's files, or open a finished one's (existing).
+
+        indexed=False does not read a finished store's analysis back to index it:
+        a cluster's web instance has the index from the task's stream in Redis.
+        """
         self.wav = WavWriter(
             folder / "result.wav", sample_rate=sample_rate, channels=channels, existing=existing
         )
@@ -46,7 +57,7 @@ class ChunkStore:
         self._meta_bytes = 0
         # Per chunk: (analysis offset, analysis length, PCM offset, PCM length).
         self._index: list[tuple[int, int, int, int]] = []
-        if existing:
+        if existing and indexed:
             self._reindex(frame_bytes=channels * 2)
 
     def _reindex(self, *, frame_bytes: int) -> None:

@@ -201,6 +201,7 @@ class Task:
         stages: list[Stage],
         window: int,
         existing: bool = False,
+        indexed: bool = True,
     ) -> None:
         self.id = task_id
         self.filename = filename
@@ -240,7 +241,11 @@ class Task:
         self.result_error: str | None = None
         last = stages[-1]
         self.store = ChunkStore(
-            folder, sample_rate=last.output_rate, channels=last.output_channels, existing=existing
+            folder,
+            sample_rate=last.output_rate,
+            channels=last.output_channels,
+            existing=existing,
+            indexed=indexed,
         )
         self.chunk_log: ChunkLog = FileChunkLog(self.store)
 
@@ -259,8 +264,14 @@ class Task:
         }
 
     @classmethod
-    def restore(cls, folder: Path, snapshot: dict[str, Any], *, window: int) -> Task:
-        """Return a finished task read back from its folder (raise on anything missing)."""
+    def restore(
+        cls, folder: Path, snapshot: dict[str, Any], *, window: int, indexed: bool = True
+    ) -> Task:
+        """Return a finished task read back from its folder (raise on anything missing).
+
+        indexed=False leaves its chunks unread (none counted): a cluster's web
+        instance knows them from the task's stream in Redis.
+        """
         described = snapshot["task"]
         source = described["input"]
         info = AudioInfo(source["sample_rate"], source["channels"], source["duration"],
@@ -277,6 +288,7 @@ class Task:
         task = cls(
             task_id=described["task_id"], filename=described["filename"], folder=folder,
             info=info, options=options, stages=stages, window=window, existing=True,
+            indexed=indexed,
         )  # fmt: skip
         task.status = Status(described["status"])
         task.created_at = datetime.fromisoformat(described["created_at"])  # a task always has one

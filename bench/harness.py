@@ -2,7 +2,8 @@
 
 Everything is real: the server is ``python app.py`` in its own process, the
 client a Socket.IO client over WebSocket receiving every chunk's audio, the
-audio MP3 files made by the project's own ffmpeg.
+audio MP3 files made by the project's own ffmpeg; for cluster mode, Debian's
+``redis-server`` and ``python app.py worker`` processes (the tests use them too).
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import redis
 import requests
 
 from audioclient import InOrderClient
 from audioserver.audio.ffmpeg import find_ffmpeg
+from audioserver.cluster import WORKERS
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / "bench" / "cache"
@@ -166,6 +169,141 @@ class ServerProcess:
 
     def __exit__(self, *exc_info: Any) -> None:
         self.close()
+
+
+def find_redis_server() -> str | None:
+    """Debian's redis-server (on PATH, or in /usr/bin), or None."""
+    return shutil.which("redis-server") or shutil.which("redis-server", path="/usr/bin")
+
+
+class RedisServer:
+    """redis-server on 127.0.0.1 and a free port, no persistence, its files in a folder."""
+
+    def __init__(self, folder: Path) -> None:
+        binary = find_redis_server()
+        if binary is None:
+            raise RuntimeError("no redis-server (as root: apt-get install redis-server)")
+        folder.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.log = folder / "redis.log"
+        arguments = ["--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(folder),
+                     "--save", "", "--appendonly", "no", "--logfile", str(self.log)]  # fmt: skip
+        self.process = subprocess.Popen([binary, *arguments])
+        self.client = redis.Redis.from_url(self.url)
+        try:
+            self._wait_until_ready()
+        except BaseException:
+            self.close()
+            raise
+
+    def _wait_until_ready(self, timeout: float = 10.0) -> None:
+        """Wait on the server's own answer to PING (a refused connection means not yet)."""
+        client = redis.Redis(port=self.port, socket_connect_timeout=timeout)
+        for _ in range(int(timeout * 20)):
+            if self.process.poll() is not None:
+                raise RuntimeError(f"redis-server exited: {self.log.read_text()[-2000:]}")
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                # Not listening yet: ask the process, which returns as soon as it ends.
+                try:
+                    self.process.wait(timeout=0.05)
+                except subprocess.TimeoutExpired:
+                    continue
+        raise RuntimeError("redis-server did not answer PING")
+
+    def stats(self) -> dict[str, int]:
+        """Commands served so far, in all and by name (calls), and bytes in and out."""
+        info = self.client.info("stats")
+        commands = self.client.info("commandstats")
+        counts = {"commands": int(info["total_commands_processed"]),
+                  "net_bytes": int(info["total_net_input_bytes"])
+                  + int(info["total_net_output_bytes"])}  # fmt: skip
+        for name, stat in commands.items():
+            counts[name.removeprefix("cmdstat_")] = int(stat["calls"])
+        return counts
+
+    def memory(self, keys: list[str]) -> int:
+        """Bytes Redis holds for these keys (MEMORY USAGE, every element counted)."""
+        return sum(int(self.client.memory_usage(key, samples=0) or 0) for key in keys)
+
+    def close(self) -> None:
+        self.client.close()
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def __enter__(self) -> RedisServer:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+
+class WorkerProcess:
+    """python app.py worker: takes the cluster's tasks from the queue."""
+
+    def __init__(
+        self,
+        *,
+        redis_url: str,
+        data_dir: Path,
+        log: Path,
+        workers: int = 1,
+        max_active_tasks: int = 2,
+        log_level: str = "INFO",
+    ) -> None:
+        self.log = log
+        arguments = ["worker", "--redis-url", redis_url, "--data-dir", str(data_dir),
+                     "--workers", str(workers), "--max-active-tasks", str(max_active_tasks),
+                     "--log-level", log_level]  # fmt: skip
+        with open(log, "wb") as output:
+            self.process = subprocess.Popen(
+                [sys.executable, str(ROOT / "app.py"), *arguments],
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+            )
+
+    def wait_until_alive(self, client: Any, timeout: float = 60.0) -> None:
+        """Wait until the worker's heartbeat is in Redis; fail at once, with its log, if it ends."""
+        pid = self.process.pid
+        deadline = time.monotonic() + timeout
+        while not any(key.decode().endswith(f"-{pid}") for key in client.scan_iter(f"{WORKERS}*")):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"worker {pid} did not start in {timeout} s")
+            try:
+                self.process.wait(timeout=0.05)  # waiting on the process: did it end?
+            except subprocess.TimeoutExpired:
+                continue
+            raise RuntimeError(f"the worker exited: {self.log.read_text()[-3000:]}")
+
+    def ran(self, task_id: str) -> bool:
+        """Whether this worker ran the task (its log has the task's "started" line)."""
+        return any(
+            f"[task {task_id}]" in line and line.endswith("started")
+            for line in self.log.read_text(errors="replace").splitlines()
+        )
+
+    def cpu_seconds(self) -> float:
+        """CPU time the worker process has used so far (its threads; not its decoders)."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
 
 
 def _status_field(pid: int, name: str, missing: str | None = None) -> str:

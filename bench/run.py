@@ -34,14 +34,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import (
     ROOT,
     Client,
+    RedisServer,
     ServerProcess,
+    WorkerProcess,
     ffmpeg_normalize_command,
+    find_redis_server,
     make_mp3,
     run_command,
     run_command_cpu,
 )
 
 from audioserver.audio.ffmpeg import find_ffmpeg
+from audioserver.cluster import log_key, task_key
+from audioserver.storage import folder_bytes, load_snapshot
 
 PIPELINE = "highpass=freq=80,loudness=target=-14"
 STREAMING_PIPELINE = "highpass=freq=80"  # no global step: chunks flow as decoding goes
@@ -64,7 +69,11 @@ CATALOGUE = [
     ("opus (analysis only)", "", "opus"),
 ]  # fmt: skip
 SECTIONS = ("e2e", "cpu", "catalogue", "latency", "memory", "stop", "concurrency", "fairness",
-            "capacity")  # fmt: skip
+            "capacity", "cluster")  # fmt: skip
+# The cluster section: tasks at once per process (the single server, each worker), so that a
+# batch of 8 spreads over 2 workers (a worker reserves one message per free slot).
+CLUSTER_ACTIVE = 4
+SPOOL_BYTES_PER_SAMPLE = 4  # float32: PIPELINE's first stage is spooled before its loudness
 
 
 @dataclass(frozen=True)
@@ -81,10 +90,11 @@ class Sizes:
     fair_repeats: int
     capacity_tasks: int  # long tasks at once for the memory and file-descriptor figures
     capacity_chunks: int  # chunks each of them emits between two readings of the server
+    cluster_tasks: int  # tasks of the short file in one batch, in the cluster section
 
 
-FULL = Sizes(360, 2400, 3, 20, 16, 30, 8, 7, 32, 10)
-SHORT = Sizes(20, 60, 1, 5, 4, 10, 4, 2, 8, 2)
+FULL = Sizes(360, 2400, 3, 20, 16, 30, 8, 7, 32, 10, 8)
+SHORT = Sizes(20, 60, 1, 5, 4, 10, 4, 2, 8, 2, 8)
 
 
 def median(measure: Callable[[], float], runs: int) -> float:
@@ -371,6 +381,144 @@ def measure_concurrency(sizes: Sizes) -> dict[str, Any]:
     }
 
 
+def run_batch(url: str, path: Path, count: int) -> dict[str, Any]:
+    """Upload count tasks of a file at once, each streamed to a client; time to the last end."""
+    client = Client(url)
+    try:
+        started = time.perf_counter()
+        tasks = [client.upload(path, pipeline=PIPELINE)["task_id"] for _ in range(count)]
+        ends = [client.wait_end(task) for task in tasks]
+        assert all(event == "processing_complete" for event, _, _ in ends), ends
+        return {
+            "seconds": max(at for _, _, at in ends) - started,
+            "audio_s": sum(data["duration"] for _, data, _ in ends),
+            "chunks": sum(client.chunk_counts[task] for task in tasks),
+            "tasks": tasks,
+        }
+    finally:
+        client.close()
+
+
+def median_batch(url: str, path: Path, sizes: Sizes) -> dict[str, Any]:
+    """One batch to warm up (imports, filter plans), then the median of sizes.runs batches."""
+    run_batch(url, path, sizes.cluster_tasks)
+    runs = sorted((run_batch(url, path, sizes.cluster_tasks) for _ in range(sizes.runs)),
+                  key=lambda batch: batch["seconds"])  # fmt: skip
+    return runs[len(runs) // 2]
+
+
+def cluster_batch(
+    redis_server: RedisServer, web: ServerProcess, path: Path, sizes: Sizes, *, workers: int
+) -> dict[str, Any]:
+    """A batch through the web instance with this many worker processes, and what Redis served."""
+    logs = redis_server.log.parent
+    processes = [WorkerProcess(redis_url=redis_server.url, data_dir=web.data_dir,
+                               log=logs / f"worker-{workers}-{number}.log", workers=CORES,
+                               max_active_tasks=CLUSTER_ACTIVE, log_level="WARNING")
+                 for number in range(workers)]  # fmt: skip
+    try:
+        for process in processes:
+            process.wait_until_alive(redis_server.client)
+        run_batch(web.url, path, sizes.cluster_tasks)  # warm up every worker's first tasks
+        runs = []
+        for _ in range(sizes.runs):
+            before = redis_server.stats()
+            batch = run_batch(web.url, path, sizes.cluster_tasks)
+            after = redis_server.stats()
+            batch["redis"] = {name: after[name] - before.get(name, 0) for name in after}
+            keys = [key(task) for task in batch["tasks"] for key in (task_key, log_key)]
+            batch["redis"]["kept_bytes"] = redis_server.memory(keys)
+            runs.append(batch)
+    finally:
+        for process in processes:
+            process.close()
+    runs.sort(key=lambda batch: batch["seconds"])
+    return runs[len(runs) // 2]
+
+
+def measure_cluster(sizes: Sizes, files: dict[str, Path]) -> dict[str, Any]:
+    """Throughput of one batch of tasks: the single process, then cluster mode with 1 and 2 workers.
+
+    Every process runs on this machine: the 2 workers share its cores (each
+    has CORES threads), so 2 over 1 shows what cluster mode costs more than
+    how it scales. Redis's own counts (INFO) give its commands and bytes per
+    chunk; the task folders, the bytes the shared folder holds per second of audio.
+    """
+    path = files["short"]
+    with ServerProcess(workers=CORES, max_active_tasks=CLUSTER_ACTIVE) as server:
+        single = median_batch(server.url, path, sizes)
+    batches: dict[int, dict[str, Any]] = {}
+    with (
+        tempfile.TemporaryDirectory() as folder,
+        RedisServer(Path(folder) / "redis") as redis,
+        ServerProcess(Path(folder) / "shared", redis_url=redis.url) as web,
+    ):
+        for workers in (1, 2):
+            batches[workers] = cluster_batch(redis, web, path, sizes, workers=workers)
+        results = cluster_figures(single, batches, web.data_dir, path)
+    return results
+
+
+def cluster_figures(
+    single: dict[str, Any], batches: dict[int, dict[str, Any]], shared: Path, upload: Path
+) -> dict[str, Any]:
+    """Throughputs (seconds of audio per second), Redis per chunk, shared-folder bytes."""
+    two = batches[2]
+    redis = two["redis"]
+    chunks, audio = two["chunks"], two["audio_s"]
+    results_bytes = sum(folder_bytes(shared / task) for task in two["tasks"])
+    snapshot = load_snapshot(shared / two["tasks"][0])
+    assert snapshot is not None, "a finished task has its task.json"
+    source = snapshot["task"]["input"]
+    return {
+        "cluster_tasks": len(two["tasks"]),
+        "cluster_single_x": single["audio_s"] / single["seconds"],
+        "cluster_1_worker_x": batches[1]["audio_s"] / batches[1]["seconds"],
+        "cluster_2_workers_x": audio / two["seconds"],
+        "cluster_batch_s": [single["seconds"], batches[1]["seconds"], two["seconds"]],
+        "cluster_chunks": chunks,
+        "cluster_redis_commands_per_chunk": redis["commands"] / chunks,
+        "cluster_redis_commands_per_task": redis["commands"] / len(two["tasks"]),
+        "cluster_redis_publish_per_chunk": redis.get("publish", 0) / chunks,
+        "cluster_redis_xadd_per_chunk": redis.get("xadd", 0) / chunks,
+        "cluster_redis_xrange_per_chunk": redis.get("xrange", 0) / chunks,
+        "cluster_redis_bytes_per_chunk": redis["net_bytes"] / chunks,
+        # What Redis keeps of a finished task (its stream, its JSON) until it is swept.
+        "cluster_redis_memory_per_chunk": redis["kept_bytes"] / chunks,
+        "cluster_redis_commands_per_s": redis["commands"] / two["seconds"],
+        "cluster_redis_publish_per_s": redis.get("publish", 0) / two["seconds"],
+        "cluster_chunks_per_s": chunks / two["seconds"],
+        "cluster_result_bytes_per_audio_s": results_bytes / audio,
+        "cluster_upload_bytes_per_audio_s": len(two["tasks"]) * upload.stat().st_size / audio,
+        # Written by the worker and read back once; deleted when the task ends, so not measured.
+        "cluster_spool_bytes_per_audio_s": source["sample_rate"]
+        * source["channels"]
+        * SPOOL_BYTES_PER_SAMPLE,
+    }
+
+
+def cluster_report(r: dict[str, Any]) -> str:
+    """The cluster section's details: throughputs, Redis per chunk, the shared folder's bytes."""
+    kb = 1000
+    return "\n".join([
+        f"\ncluster, {r['cluster_tasks']} tasks at once: seconds of audio per second "
+        f"{r['cluster_single_x']:.1f} (single process), {r['cluster_1_worker_x']:.1f} (1 worker), "
+        f"{r['cluster_2_workers_x']:.1f} (2 workers on the same cores)",
+        f"Redis per chunk: {r['cluster_redis_commands_per_chunk']:.1f} commands "
+        f"({r['cluster_redis_xadd_per_chunk']:.2f} XADD, "
+        f"{r['cluster_redis_publish_per_chunk']:.2f} PUBLISH, "
+        f"{r['cluster_redis_xrange_per_chunk']:.2f} XRANGE), "
+        f"{r['cluster_redis_bytes_per_chunk'] / kb:.2f} kB in and out, "
+        f"{r['cluster_redis_memory_per_chunk']:.0f} bytes kept; "
+        f"{r['cluster_redis_commands_per_s']:.0f} commands/s and "
+        f"{r['cluster_chunks_per_s']:.0f} chunks/s at 2 workers",
+        f"shared folder per second of audio: upload "
+        f"{r['cluster_upload_bytes_per_audio_s'] / kb:.0f} kB, spool "
+        f"{r['cluster_spool_bytes_per_audio_s'] / kb:.0f} kB (written, read back), "
+        f"result and analysis {r['cluster_result_bytes_per_audio_s'] / kb:.0f} kB",
+    ])  # fmt: skip
+
+
 def table(results: dict[str, Any], sizes: Sizes) -> list[dict[str, Any]]:
     """The figures, each a ratio with its target (those of the parts that ran)."""
 
@@ -415,6 +563,10 @@ def table(results: dict[str, Any], sizes: Sizes) -> list[dict[str, Any]]:
         lambda: row("Peak RSS per running task (MB)", r["capacity_mb_per_task"], "<=", 20.0),
         lambda: row(f"Open files, {sizes.capacity_tasks} long tasks at once",
                     r["capacity_open_files"], "<=", 512.0),
+        lambda: row("Cluster: 2 workers over 1, both on this machine's cores (x)",
+                    r["cluster_2_workers_x"] / r["cluster_1_worker_x"], ">=", 0.8),
+        lambda: row("Cluster (1 worker) over the single process, same batch (x)",
+                    r["cluster_1_worker_x"] / r["cluster_single_x"], ">=", 0.8),
     ]  # fmt: skip
     figures = []
     for make in rows:
@@ -440,6 +592,7 @@ def sections(sizes: Sizes, files: dict[str, Path]) -> dict[str, Callable[[], dic
         "concurrency": lambda: measure_concurrency(sizes),
         "fairness": lambda: measure_fairness(sizes, files),
         "capacity": lambda: measure_capacity(sizes, files),
+        "cluster": lambda: measure_cluster(sizes, files),
     }
 
 
@@ -457,6 +610,11 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(chosen) - set(SECTIONS))
     if unknown:
         parser.error(f"unknown section(s) {', '.join(unknown)}; sections: {', '.join(SECTIONS)}")
+    if "cluster" in chosen and find_redis_server() is None:
+        if args.only:
+            parser.error("the cluster section needs redis-server (apt-get install redis-server)")
+        print("no redis-server: the cluster section is left out", file=sys.stderr)
+        chosen.remove("cluster")
     sizes = SHORT if args.short else FULL
     files = {"short": make_mp3(sizes.short_seconds), "long": make_mp3(sizes.long_seconds)}
     results: dict[str, Any] = {}
@@ -476,6 +634,8 @@ def main(argv: list[str] | None = None) -> int:
     for row in rows:
         print(f"| {row['figure']} | {row['value']:g} | {row['target']} | "
               f"{'yes' if row['met'] else 'NO'} |")  # fmt: skip
+    if "cluster_tasks" in results:
+        print(cluster_report(results))
     if "catalogue" in results:
         print(
             f"\n| step or format ({sizes.short_seconds:g} s file) | E2E (s) | over bare decoding |"

@@ -14,6 +14,8 @@ import sys
 import pytest
 from helpers import ROOT
 
+from bench.harness import find_redis_server
+
 
 @pytest.mark.slow
 def test_the_benchmark_measures_every_figure(tmp_path):
@@ -26,7 +28,9 @@ def test_the_benchmark_measures_every_figure(tmp_path):
     report = json.loads(report_path.read_text())
     assert report["mode"] == "short"
     figures = {row["figure"]: row for row in report["figures"]}
-    assert len(figures) == 20
+    # The cluster section's two run where redis-server is installed (./test.sh installs it).
+    cluster = find_redis_server() is not None
+    assert len(figures) == 20 + 2 * cluster
     assert "audio-server process vs ffmpeg-normalize (x faster)" in figures
     assert "First chunk of a new task, 4 long tasks running (ms)" in figures
     assert "Peak RSS per running task (MB)" in figures
@@ -46,3 +50,8 @@ def test_the_benchmark_measures_every_figure(tmp_path):
     assert ("", "opus") in catalogue and ("compressor", "wav") in catalogue
     assert all(entry["over_decode"] > 0 for entry in measured["catalogue"])
     assert measured["short_server_cpu_s"] > 0 and measured["long_decode_cpu_s"] > 0
+    if cluster:
+        assert "Cluster: 2 workers over 1, both on this machine's cores (x)" in figures
+        assert measured["cluster_tasks"] == 8 and measured["cluster_chunks"] >= 8 * 10
+        assert measured["cluster_redis_xadd_per_chunk"] >= 1, "one stream entry a chunk at least"
+        assert measured["cluster_result_bytes_per_audio_s"] > 44100 * 2 * 2  # the WAV, and more

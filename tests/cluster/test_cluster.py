@@ -11,7 +11,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -22,7 +21,8 @@ import pytest
 import requests
 from helpers import ROOT, ServerProcess, free_port, read_wav, wav_pcm
 
-from audioserver.cluster import LEASE_SECONDS, WORKERS
+from audioserver.cluster import LEASE_SECONDS
+from bench.harness import WorkerProcess
 
 SLOW_PIPELINE = "highpass=freq=80,compressor,loudness=target=-16"
 STOP_SECONDS = 0.2  # processing_stopped at every subscriber within this of the request
@@ -30,52 +30,6 @@ STOP_SECONDS = 0.2  # processing_stopped at every subscriber within this of the 
 
 class WebInstance(ServerProcess):
     """python app.py with --redis-url: a web instance of the cluster."""
-
-
-class WorkerProcess:
-    """python app.py worker: takes the cluster's tasks from the queue."""
-
-    def __init__(self, *, redis_url: str, data_dir: Path, log: Path, workers: int = 1) -> None:
-        self.log = log
-        arguments = ["worker", "--redis-url", redis_url, "--data-dir", str(data_dir),
-                     "--workers", str(workers), "--max-active-tasks", "2",
-                     "--log-level", "INFO"]  # fmt: skip
-        with open(log, "wb") as output:
-            self.process = subprocess.Popen(
-                [sys.executable, str(ROOT / "app.py"), *arguments],
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                cwd=ROOT,
-            )
-
-    def wait_until_alive(self, client: Any, timeout: float = 60.0) -> None:
-        """Wait until the worker's heartbeat is in Redis; fail at once, with its log, if it ends."""
-        pid = self.process.pid
-        deadline = time.monotonic() + timeout
-        while not any(key.decode().endswith(f"-{pid}") for key in client.scan_iter(f"{WORKERS}*")):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"worker {pid} did not start in {timeout} s")
-            try:
-                self.process.wait(timeout=0.05)  # waiting on the process: did it end?
-            except subprocess.TimeoutExpired:
-                continue
-            raise RuntimeError(f"the worker exited: {self.log.read_text()[-3000:]}")
-
-    def ran(self, task_id: str) -> bool:
-        """Whether this worker ran the task (its log has the task's "started" line)."""
-        return any(
-            f"[task {task_id}]" in line and line.endswith("started")
-            for line in self.log.read_text(errors="replace").splitlines()
-        )
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
 
 
 class Cluster:
