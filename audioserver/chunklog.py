@@ -57,21 +57,16 @@ class ChunkLog(Protocol):
     def close(self) -> None: ...
 
 
-class FileChunkLog:
-    """A chunk log on disk (the task's ``ChunkStore``), woken by a condition variable."""
+class WaitableLog:
+    """What every chunk log shares: its end, its closing, and the readers waiting on it."""
 
-    def __init__(
-        self, store: ChunkStore, *, terminal: tuple[str, dict[str, Any]] | None = None
-    ) -> None:
-        self.store = store
-        self._terminal = terminal
-        self._length = len(store)
-        self._tail: OrderedDict[int, tuple[dict[str, Any], bytes]] = OrderedDict()
+    def __init__(self) -> None:
+        self._terminal: tuple[str, dict[str, Any]] | None = None
         self._closed = False
         self._changed = threading.Condition()
 
     def __len__(self) -> int:
-        return self._length
+        raise NotImplementedError
 
     @property
     def terminal(self) -> tuple[str, dict[str, Any]] | None:
@@ -80,6 +75,35 @@ class FileChunkLog:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    def wait(self, index: int, *, timeout: float) -> bool:
+        """Wait until entry index exists (a chunk, or the end); False on timeout."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self._holds(index), timeout)
+
+    def _holds(self, index: int) -> bool:
+        return len(self) > index or self._terminal is not None or self._closed
+
+    def wake(self) -> None:
+        """Wake every waiting reader (one of them has something else to do)."""
+        with self._changed:
+            self._changed.notify_all()
+
+
+class FileChunkLog(WaitableLog):
+    """A chunk log on disk (the task's ``ChunkStore``), woken by a condition variable."""
+
+    def __init__(
+        self, store: ChunkStore, *, terminal: tuple[str, dict[str, Any]] | None = None
+    ) -> None:
+        super().__init__()
+        self.store = store
+        self._terminal = terminal
+        self._length = len(store)
+        self._tail: OrderedDict[int, tuple[dict[str, Any], bytes]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return self._length
 
     def append(self, meta: dict[str, Any], pcm: bytes) -> int:
         """Write the next chunk and wake its readers; return its index."""

@@ -45,7 +45,7 @@ import redis
 
 from .audio.encode import HEADER_BYTES, WavWriter
 from .audio.pipeline import Stage
-from .chunklog import LogClosed
+from .chunklog import LogClosed, WaitableLog
 from .exceptions import AtCapacity, TaskConflict
 from .messages import Health, ProcessingProgressEvent, TaskJson
 from .retention import TASK_FOLDER, Finished, choose_swept
@@ -136,7 +136,7 @@ def snapshot_json(task: Task, *, workers: int, retired: bool = False) -> str:
     return json.dumps({**task.snapshot(workers=workers), "retired": retired})
 
 
-class SharedChunkLog:
+class SharedChunkLog(WaitableLog):
     """A task's chunk log as a web instance reads it: the worker's files, indexed by a stream.
 
     The stream's entries say where each chunk lies in chunks.jsonl and
@@ -147,20 +147,18 @@ class SharedChunkLog:
     """
 
     def __init__(self, client: redis.Redis, task: Task) -> None:
+        super().__init__()
         self._redis = client
         self._key = log_key(task.id)
         self._folder = task.folder
         self._retired = task.retired
         self._entries: list[tuple[int, int, int, int]] = []
         self._last = "0-0"
-        self._terminal: tuple[str, dict[str, Any]] | None = None
-        self._closed = False
         self._fds: tuple[int, int] | None = None
         self._close_files: weakref.finalize[Any, Any] | None = None
         self.pcm_bytes = 0  # of the chunks in the stream
         self.meta_bytes = 0
         self.chunks_total: int | None = None
-        self._changed = threading.Condition()
         self._refreshing = threading.Lock()
         self.refresh()
 
@@ -195,14 +193,6 @@ class SharedChunkLog:
 
     def __len__(self) -> int:
         return len(self._entries)
-
-    @property
-    def terminal(self) -> tuple[str, dict[str, Any]] | None:
-        return self._terminal
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
 
     @property
     def finished(self) -> bool:
@@ -241,20 +231,11 @@ class SharedChunkLog:
 
     def wait(self, index: int, *, timeout: float) -> bool:
         """Wait until entry index exists (a chunk, or the end); False on timeout."""
-
-        def ready() -> bool:
-            return len(self._entries) > index or self._terminal is not None or self._closed
-
-        with self._changed:
-            if self._changed.wait_for(ready, timeout):
-                return True
+        if super().wait(index, timeout=timeout):
+            return True
         self.refresh()  # a wake-up lost while the follower's connection was re-established
         with self._changed:
-            return ready()
-
-    def wake(self) -> None:
-        with self._changed:
-            self._changed.notify_all()
+            return self._holds(index)
 
     def finalize(self) -> None:
         pass  # the worker's files are the worker's
@@ -804,16 +785,7 @@ class ClusterEngine(TaskEngine):
 
     def stop(self, task_id: str, *, reason: str = "requested") -> Task:
         """Stop a task wherever it runs: its worker is told; a task still queued ends here."""
-        task = self.get(task_id)
-        with task.lock:
-            status = task.status
-        if status in (Status.COMPLETED, Status.FAILED):
-            raise TaskConflict(
-                f"The task has already {'completed' if status == Status.COMPLETED else 'failed'}; "
-                "there is nothing to stop.",
-                code="task_finished",
-                status=str(status),
-            )
+        task, status = self.stoppable(task_id)
         if status == Status.STOPPED:
             return task
         self.redis.set(stop_key(task.id), reason, ex=24 * 3600)

@@ -481,8 +481,8 @@ class TaskEngine:
 
     # -- stopping, results, deleting --------------------------------------------------
 
-    def stop(self, task_id: str, *, reason: str = "requested") -> Task:
-        """Stop a task now; stopping a stopped task again is fine, a finished one is a conflict."""
+    def stoppable(self, task_id: str) -> tuple[Task, Status]:
+        """A task and its status, if it may be stopped (raise TaskConflict once it has finished)."""
         task = self.get(task_id)
         with task.lock:
             status = task.status
@@ -493,6 +493,11 @@ class TaskEngine:
                 code="task_finished",
                 status=str(status),
             )
+        return task, status
+
+    def stop(self, task_id: str, *, reason: str = "requested") -> Task:
+        """Stop a task now; stopping a stopped task again is fine, a finished one is a conflict."""
+        task, _ = self.stoppable(task_id)
         with self._lock:
             run = self._runs.get(task.id)
         if run is not None:

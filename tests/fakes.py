@@ -11,30 +11,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from audioserver.chunklog import LogClosed
+from audioserver.chunklog import LogClosed, WaitableLog
 from audioserver.task import TaskOptions
 
 
-class MemoryChunkLog:
+class MemoryChunkLog(WaitableLog):
     """A ChunkLog in memory; ``hook`` runs after each append and end (for interleavings)."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.entries: list[tuple[dict[str, Any], bytes]] = []
-        self._terminal: tuple[str, dict[str, Any]] | None = None
-        self._closed = False
-        self._changed = threading.Condition()
         self.hook: Callable[[str, int], None] = lambda what, length: None
 
     def __len__(self) -> int:
         return len(self.entries)
-
-    @property
-    def terminal(self) -> tuple[str, dict[str, Any]] | None:
-        return self._terminal
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
 
     def append(self, meta: dict[str, Any], pcm: bytes) -> int:
         with self._changed:
@@ -56,17 +46,6 @@ class MemoryChunkLog:
 
     def read_meta(self, index: int) -> dict[str, Any]:
         return self.read(index)[0]
-
-    def wait(self, index: int, *, timeout: float) -> bool:
-        with self._changed:
-            return self._changed.wait_for(
-                lambda: len(self.entries) > index or self._terminal is not None or self._closed,
-                timeout,
-            )
-
-    def wake(self) -> None:
-        with self._changed:
-            self._changed.notify_all()
 
     def finalize(self) -> None:
         pass

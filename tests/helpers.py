@@ -440,3 +440,26 @@ class Count(Step):
 TEST_STEPS = (Jitter, Explode, Count)
 for _step in TEST_STEPS:
     Step.registry.pop(_step.name)
+
+
+def launch_nginx(binary: str, folder: Path, server_config: str) -> subprocess.Popen[bytes]:
+    """Run nginx in the foreground with its files in folder and server_config as its http body.
+
+    Its error log is folder / "error.log".
+    """
+    temp = "\n".join(
+        f"    {kind}_temp_path {folder / kind};"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    user = "user root;\n" if os.geteuid() == 0 else ""
+    (folder / "nginx.conf").write_text(
+        f"{user}daemon off;\nworker_processes 1;\npid {folder / 'nginx.pid'};\n"
+        f"events {{ worker_connections 1024; }}\n"
+        f"http {{\n    access_log off;\n{temp}\n{server_config}}}\n"
+    )
+    log = folder / "error.log"
+    return subprocess.Popen(
+        [binary, "-e", str(log), "-p", str(folder), "-c", str(folder / "nginx.conf")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )

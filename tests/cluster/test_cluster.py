@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import requests
-from helpers import ROOT, ServerProcess, free_port, read_wav, wav_pcm
+from helpers import ROOT, ServerProcess, free_port, launch_nginx, read_wav, wav_pcm
 
 from audioserver.cluster import LEASE_SECONDS
 from bench.harness import WorkerProcess
@@ -320,22 +320,8 @@ class ClusterNginx:
         ]:
             assert old in config, f"deploy/nginx-cluster.conf has no {old!r}"
             config = config.replace(old, new)
-        temp = "\n".join(
-            f"    {kind}_temp_path {folder / kind};"
-            for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-        )
-        user = "user root;\n" if os.geteuid() == 0 else ""
-        (folder / "nginx.conf").write_text(
-            f"{user}daemon off;\nworker_processes 1;\npid {folder / 'nginx.pid'};\n"
-            f"events {{ worker_connections 1024; }}\n"
-            f"http {{\n    access_log off;\n{temp}\n{config}}}\n"
-        )
         self.log = folder / "error.log"
-        self.process = subprocess.Popen(
-            [binary, "-e", str(self.log), "-p", str(folder), "-c", str(folder / "nginx.conf")],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.STDOUT,
-        )
+        self.process = launch_nginx(binary, folder, config)
         self._wait_until_listening()
 
     def _wait_until_listening(self, timeout: float = 20.0) -> None:

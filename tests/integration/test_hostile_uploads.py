@@ -23,7 +23,17 @@ from typing import Any
 
 import pytest
 import requests
-from helpers import ROOT, Count, Gunicorn, ServerProcess, ffmpeg_make, free_port, music, write_wav
+from helpers import (
+    ROOT,
+    Count,
+    Gunicorn,
+    ServerProcess,
+    ffmpeg_make,
+    free_port,
+    launch_nginx,
+    music,
+    write_wav,
+)
 from urllib3 import encode_multipart_formdata
 
 CONNECTIONS = 1100  # idle connections: past select()'s 1,024 descriptors
@@ -480,22 +490,9 @@ class Nginx:
         folder.mkdir()
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        temp = "\n".join(
-            f"    {kind}_temp_path {folder / kind};"
-            for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-        )
-        user = "user root;\n" if os.geteuid() == 0 else ""
-        (folder / "nginx.conf").write_text(
-            f"{user}daemon off;\nworker_processes 1;\npid {folder / 'nginx.pid'};\n"
-            f"events {{ worker_connections 1024; }}\n"
-            f"http {{\n    access_log off;\n{temp}\n"
-            f"{readme_nginx_config(port=self.port, upstream=upstream)}}}\n"
-        )
         self.log = folder / "error.log"
-        self.process = subprocess.Popen(
-            [binary, "-e", str(self.log), "-p", str(folder), "-c", str(folder / "nginx.conf")],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.STDOUT,
+        self.process = launch_nginx(
+            binary, folder, readme_nginx_config(port=self.port, upstream=upstream)
         )
         wait_until(self._listening, what=f"nginx on {self.url}")
 
