@@ -128,6 +128,11 @@ class ServerProcess:
         fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
+    def children_cpu_seconds(self) -> float:
+        """CPU time of the server's child processes that have ended (its decoders, encoders)."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
+
     def peak_rss_mb(self) -> float:
         """Peak resident memory of the server process so far (Linux: VmHWM)."""
         return int(_status_field(self.process.pid, "VmHWM").split()[0]) / 1024
@@ -394,6 +399,14 @@ class Client:
             )
         response.raise_for_status()
         return response.json()
+
+    def subscribe(self, task_id: str, from_index: int = 0) -> dict[str, Any]:
+        """Subscribe to a task's chunks from from_index (a replay, for a task that has ended)."""
+        ack: dict[str, Any] = self.sio.call(
+            "subscribe", {"task_id": task_id, "from_index": from_index}, timeout=30
+        )
+        assert ack.get("ok"), ack
+        return ack
 
     def wait_first_chunk(self, task_id: str, timeout: float = 600) -> float:
         with self._condition:

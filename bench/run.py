@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import sys
 import tempfile
@@ -44,6 +45,7 @@ from harness import (
     run_command_cpu,
 )
 
+from audioserver.audio.decode import decoder_command
 from audioserver.audio.ffmpeg import find_ffmpeg
 from audioserver.cluster import log_key, task_key
 from audioserver.storage import folder_bytes, load_snapshot
@@ -117,6 +119,8 @@ def e2e(
         return {
             "seconds": finished - started,
             "first_chunk": first - answered,
+            "first_chunk_at": first - started,
+            "task_id": task["task_id"],
             "wire_ratio": client.wire_bytes / pcm_bytes,
             "audio_complete": client.audio_bytes / pcm_bytes,
         }
@@ -151,32 +155,143 @@ def decode_command(path: Path) -> list[str]:
     return [find_ffmpeg(), "-v", "error", "-i", str(path), "-f", "null", "-"]
 
 
+def replay(server: ServerProcess, task_id: str) -> float:
+    """A finished task's whole stream to a new client (subscribe from 0): seconds to its end."""
+    client = Client(server.url)
+    try:
+        started = time.perf_counter()
+        client.subscribe(task_id)
+        event, _, finished = client.wait_end(task_id)
+        assert event == "processing_complete", event
+        return finished - started
+    finally:
+        client.close()
+
+
+def self_cpu_seconds() -> float:
+    """CPU time of this process (the benchmark's client: its Socket.IO and upload threads)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def accounted_e2e(server: ServerProcess, path: Path, pipeline: str) -> dict[str, float]:
+    """One E2E run with its CPU accounting: the server, its decoder, the client, each alone.
+
+    The server process's own CPU; its decoder's (a child process, counted when
+    the server has reaped it, before the task ends); the client's (this
+    process: the upload, the Socket.IO client's threads parsing every chunk).
+    Pass 1 is the time to the first chunk (a global step emits nothing before
+    its first pass has read the whole file), pass 2 the rest (without a global
+    step, pass 1 is the first chunk's time and pass 2 is all of the work).
+    """
+    server_cpu, children_cpu, client_cpu = (
+        server.cpu_seconds(), server.children_cpu_seconds(), self_cpu_seconds()
+    )  # fmt: skip
+    run: dict[str, Any] = e2e(server, path, pipeline)
+    return {
+        "e2e_s": run["seconds"],
+        "server_cpu_s": server.cpu_seconds() - server_cpu,
+        "decoder_cpu_s": server.children_cpu_seconds() - children_cpu,
+        "client_cpu_s": self_cpu_seconds() - client_cpu,
+        "pass1_s": run["first_chunk_at"],
+        "pass2_s": run["seconds"] - run["first_chunk_at"],
+        "replay_s": replay(server, run["task_id"]),
+    }
+
+
 def measure_cpu(sizes: Sizes, files: dict[str, Path]) -> dict[str, Any]:
     """E2E and the server's own CPU for the task, each over bare decoding, side by side per run.
 
-    Each run decodes the file bare (wall and CPU time), then processes it
-    through the server (wall time, and the CPU the server process used: its
-    threads, not the decoder it starts); the figures are medians of the ratios.
+    Each run decodes the file bare (wall and CPU time) and as the server's
+    decoder does (32-bit PCM into a pipe), then processes it through the
+    server (wall time; the CPU of the server process, of the decoder it
+    starts and of the client), then replays the finished task to a new
+    client; the figures are medians of the ratios. The accounting gives two
+    floors for the E2E time on this machine: the CPU bound (everything's CPU
+    over the cores) and the two-pass bound (the decoder alone, then the
+    finished stream alone: a global step sends nothing before the decoder is
+    done, and then has at least the whole stream to send).
     """
     results: dict[str, Any] = {}
     with ServerProcess(workers=CORES) as server:
         e2e(server, files["short"])  # warm up: first imports, FFT plans
-        for name, path in files.items():
-            runs = []
+        # The two files through PIPELINE; then the short one through no steps at all: what
+        # the contract asks of every task (each chunk's levels, waveform and spectrum, the
+        # summary's loudness and true peak, the result, the stream), the floor of any pipeline.
+        jobs = [(name, path, PIPELINE) for name, path in files.items()]
+        jobs.append(("analysis", files["short"], ""))
+        for name, path, pipeline in jobs:
+            runs: list[dict[str, float]] = []
             for _ in range(sizes.runs):
                 decode_wall, decode_cpu = run_command_cpu(decode_command(path))
-                before = server.cpu_seconds()
-                seconds = e2e(server, path)["seconds"]
-                runs.append((decode_wall, decode_cpu, seconds, server.cpu_seconds() - before))
-            for index, figure in enumerate(("decode_s", "decode_cpu_s", "e2e_s", "server_cpu_s")):
-                results[f"{name}_{figure}"] = statistics.median(run[index] for run in runs)
-            results[f"{name}_e2e_over_decode"] = statistics.median(r[2] / r[0] for r in runs)
-            results[f"{name}_cpu_over_decode_cpu"] = statistics.median(r[3] / r[1] for r in runs)
+                server_decode_wall, _ = run_command_cpu(
+                    decoder_command(find_ffmpeg(), path.name, sizes.long_seconds + 60),
+                    cwd=path.parent,
+                )
+                run = {
+                    "decode_s": decode_wall,
+                    "decode_cpu_s": decode_cpu,
+                    "server_decode_s": server_decode_wall,
+                    **accounted_e2e(server, path, pipeline),
+                }
+                run["cpu_bound_s"] = (
+                    run["server_cpu_s"] + run["decoder_cpu_s"] + run["client_cpu_s"]
+                ) / CORES
+                run["two_pass_bound_s"] = run["server_decode_s"] + run["replay_s"]
+                runs.append(run)
+            for figure in runs[0]:
+                results[f"{name}_{figure}"] = statistics.median(run[figure] for run in runs)
+            for figure in ("e2e_s", "cpu_bound_s", "two_pass_bound_s"):
+                results[f"{name}_{figure.removesuffix('_s')}_over_decode"] = statistics.median(
+                    run[figure] / run["decode_s"] for run in runs
+                )
+            results[f"{name}_cpu_over_decode_cpu"] = statistics.median(
+                run["server_cpu_s"] / run["decode_cpu_s"] for run in runs
+            )
         with tempfile.TemporaryDirectory() as folder:
             command, env = ffmpeg_normalize_command(files["short"], Path(folder) / "out.wav")
             normalize = [run_command(command, env=env) for _ in range(sizes.runs)]
         results["short_ffmpeg_normalize_s"] = statistics.median(normalize)
     return results
+
+
+def accounting_report(r: dict[str, Any], sizes: Sizes) -> str:
+    """The E2E runs' CPU accounting and floors, per file (medians, seconds)."""
+    columns = ("short", "long", "analysis")
+    lines = [
+        f"\n| E2E accounting (medians) | {sizes.short_seconds:g} s file | "
+        f"{sizes.long_seconds:g} s file | {sizes.short_seconds:g} s file, no steps |",
+        "|---|---|---|---|",
+    ]
+    figures = [
+        ("bare decoding (`-f null`), wall", "decode_s"),
+        ("the server's decoder alone (32-bit PCM into a pipe), wall", "server_decode_s"),
+        ("E2E, wall", "e2e_s"),
+        ("pass 1: upload to first chunk, wall", "pass1_s"),
+        ("pass 2: first chunk to the end, wall", "pass2_s"),
+        ("CPU: the server process", "server_cpu_s"),
+        ("CPU: its decoder (ffmpeg)", "decoder_cpu_s"),
+        ("CPU: the client (upload, Socket.IO)", "client_cpu_s"),
+        (f"CPU bound: their sum over {CORES} cores", "cpu_bound_s"),
+        ("the finished task's stream replayed to a new client, wall", "replay_s"),
+        ("two-pass bound: the server's decoder alone + the replay", "two_pass_bound_s"),
+    ]
+    for label, key in figures:
+        values = [r.get(f"{name}_{key}") for name in columns]
+        lines.append(f"| {label} | " + " | ".join(
+            "-" if value is None else f"{value:.2f}" for value in values
+        ) + " |")  # fmt: skip
+    ratios = [
+        ("E2E over bare decoding", "e2e_over_decode"),
+        ("CPU bound over bare decoding", "cpu_bound_over_decode"),
+        ("two-pass bound over bare decoding", "two_pass_bound_over_decode"),
+    ]
+    for label, key in ratios:
+        values = [r.get(f"{name}_{key}") for name in columns]
+        lines.append(f"| {label} | " + " | ".join(
+            "-" if value is None else f"{value:.2f}x" for value in values
+        ) + " |")  # fmt: skip
+    return "\n".join(lines)
 
 
 def measure_catalogue(sizes: Sizes, files: dict[str, Path]) -> dict[str, Any]:
@@ -634,6 +749,8 @@ def main(argv: list[str] | None = None) -> int:
     for row in rows:
         print(f"| {row['figure']} | {row['value']:g} | {row['target']} | "
               f"{'yes' if row['met'] else 'NO'} |")  # fmt: skip
+    if "short_cpu_bound_s" in results:
+        print(accounting_report(results, sizes))
     if "cluster_tasks" in results:
         print(cluster_report(results))
     if "catalogue" in results:

@@ -50,6 +50,12 @@ def test_the_benchmark_measures_every_figure(tmp_path):
     assert ("", "opus") in catalogue and ("compressor", "wav") in catalogue
     assert all(entry["over_decode"] > 0 for entry in measured["catalogue"])
     assert measured["short_server_cpu_s"] > 0 and measured["long_decode_cpu_s"] > 0
+    # The E2E accounting: the decoder's and the client's CPU, the two floors, the no-steps job.
+    for name in ("short", "long", "analysis"):
+        assert measured[f"{name}_decoder_cpu_s"] > 0 and measured[f"{name}_client_cpu_s"] > 0
+        assert 0 < measured[f"{name}_pass1_s"] < measured[f"{name}_e2e_s"]
+        assert measured[f"{name}_replay_s"] > 0 and measured[f"{name}_cpu_bound_over_decode"] > 0
+    assert "| E2E accounting (medians) |" in result.stdout
     if cluster:
         assert "Cluster: 2 workers over 1, both on this machine's cores (x)" in figures
         assert measured["cluster_tasks"] == 8 and measured["cluster_chunks"] >= 8 * 10

@@ -4,7 +4,50 @@ from __future__ import annotations
 
 import threading
 
+import numpy as np
+import pytest
 from socketio import packet
+
+from audioserver.events import NAMESPACE, Packet, encode_event
+
+CHUNK_LIKE = {
+    "task_id": "t",
+    "index": 3,
+    "peak_db": -1.5,
+    "waveform": [[-0.25, 0.5], [-1.0, 0.75]],
+    "spectrum": [-90.5, -12.0, 0.0],
+    "encoding": "pcm_s16le",
+    "worker": None,
+    "audio": b"\x00\x01\x02\x03",
+}
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        CHUNK_LIKE,
+        {**CHUNK_LIKE, "audio": b""},
+        {key: value for key, value in CHUNK_LIKE.items() if key != "audio"},
+        {"nested": [b"a", {"deeper": [b"b", 1]}], "after": b"c"},
+        {"text": '\u00e9\u4e2d "quoted"', "empty": {}, "list": []},
+        [1, b"x"],
+        None,
+    ],
+    ids=["chunk", "empty-audio", "no-binary", "nested-binary", "text", "list", "none"],
+)
+def test_events_are_encoded_as_python_socketio_encodes_them(data):
+    ours = encode_event("audio_chunk", data)
+    theirs = Packet(packet.EVENT, namespace=NAMESPACE, data=["audio_chunk", data]).encode()
+    assert ours == (theirs if isinstance(theirs, list) else [theirs])
+    decoded = Packet(encoded_packet=ours[0])
+    for attachment in ours[1:]:
+        decoded.add_attachment(attachment)
+    assert decoded.data == ["audio_chunk", data]
+
+
+def test_an_event_that_json_cannot_hold_is_refused():
+    with pytest.raises(TypeError, match="float32"):
+        encode_event("audio_chunk", {"peak_db": np.float32(1.0)})
 
 
 def test_a_binary_event_cannot_be_split_by_another_send(live_server, listen):

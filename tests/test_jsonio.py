@@ -8,7 +8,7 @@ import pytest
 from flask import jsonify
 
 from audioserver import jsonio
-from audioserver.events import Packet
+from audioserver.events import Packet, encode_event
 
 
 @pytest.mark.parametrize("number", [math.nan, math.inf, -math.inf])
@@ -19,6 +19,8 @@ def test_no_answer_or_event_carries_a_non_finite_number(app, number):
         jsonify({"peak_db": number})
     with pytest.raises(ValueError, match="JSON compliant"):
         Packet(data=["audio_chunk", {"peak_db": number}]).encode()
+    with pytest.raises(ValueError, match="JSON compliant"):
+        encode_event("audio_chunk", {"peak_db": number})
 
 
 def test_answers_keep_the_order_of_their_keys(app):

@@ -126,7 +126,8 @@ class _StderrLog:
         self._thread.join(timeout)
 
 
-def _command(ffmpeg: str, name: str, max_seconds: float) -> list[str]:
+def decoder_command(ffmpeg: str, name: str, max_seconds: float) -> list[str]:
+    """The decoder's command line for a file named name (ffmpeg runs in the file's folder)."""
     return [
         ffmpeg, "-hide_banner", "-nostdin", "-nostats", "-loglevel", "info",
         "-protocol_whitelist", "file", "-format_whitelist", AUDIO_DEMUXERS,
@@ -160,7 +161,7 @@ class Decoder:
         self._killed = False
         self._pending = b""
         self._proc = subprocess.Popen(
-            _command(ffmpeg, path.name, max_seconds),
+            decoder_command(ffmpeg, path.name, max_seconds),
             cwd=path.parent,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
