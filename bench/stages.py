@@ -60,7 +60,9 @@ STAGES: list[tuple[str, list[tuple[str, str]]]] = [
                     ("audioserver.audio.analysis", "_pcm16_of_clipped")]),
     ("the chunk's analysis, besides (one clip)", [("audioserver.audio.analysis",
                                                    "analyse_chunk")]),
-    ("encoding the Socket.IO events", [("audioserver.events", "SocketBroadcaster.prepare")]),
+    ("encoding the Socket.IO events", [("audioserver.events", "SocketBroadcaster.prepare"),
+                                       ("audioserver.events", "SocketPublisher.encode"),
+                                       ("audioserver.events", "encode_event")]),
     ("result WAV and chunk store", [("audioserver.storage", "ChunkStore.append")]),
     ("sending over the WebSocket", [("simple_websocket.ws", "Base.send")]),
 ]  # fmt: skip
@@ -94,8 +96,8 @@ def _install() -> None:
         for module_name, path in functions:
             module = importlib.import_module(module_name)
             owner_name, _, name = path.rpartition(".")
-            owner = getattr(module, owner_name) if owner_name else module
-            if not hasattr(owner, name):
+            owner = getattr(module, owner_name, None) if owner_name else module
+            if owner is None or not hasattr(owner, name):
                 continue  # not in this version of the code
             original = owner.__dict__[name] if owner_name else getattr(owner, name)
             setattr(owner, name, _timed(stage, original))
