@@ -45,7 +45,6 @@ from harness import (
     run_command_cpu,
 )
 
-from audioserver.audio.decode import decoder_command
 from audioserver.audio.ffmpeg import find_ffmpeg
 from audioserver.cluster import log_key, task_key
 from audioserver.storage import folder_bytes, load_snapshot
@@ -212,6 +211,9 @@ def measure_cpu(sizes: Sizes, files: dict[str, Path]) -> dict[str, Any]:
     finished stream alone: a global step sends nothing before the decoder is
     done, and then has at least the whole stream to send).
     """
+    # Here, not at the top: bench/stages.py imports this module to measure older checkouts too.
+    from audioserver.audio.decode import decoder_command
+
     results: dict[str, Any] = {}
     with ServerProcess(workers=CORES) as server:
         e2e(server, files["short"])  # warm up: first imports, FFT plans
