@@ -211,8 +211,11 @@ def measure_cpu(sizes: Sizes, files: dict[str, Path]) -> dict[str, Any]:
     finished stream alone: a global step sends nothing before the decoder is
     done, and then has at least the whole stream to send).
     """
-    # Here, not at the top: bench/stages.py imports this module to measure older checkouts too.
-    from audioserver.audio.decode import decoder_command
+    # Here, and under either name: this module measures older checkouts too (bench/stages.py
+    # imports it; a copy of an older tree with today's bench/ runs it).
+    from audioserver.audio import decode
+
+    decoder_command = getattr(decode, "decoder_command", None) or decode._command
 
     results: dict[str, Any] = {}
     with ServerProcess(workers=CORES) as server:
