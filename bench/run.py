@@ -281,21 +281,17 @@ def accounting_report(r: dict[str, Any], sizes: Sizes) -> str:
         ("the finished task's stream replayed to a new client, wall", "replay_s"),
         ("two-pass bound: the server's decoder alone + the replay", "two_pass_bound_s"),
     ]
-    for label, key in figures:
-        values = [r.get(f"{name}_{key}") for name in columns]
-        lines.append(f"| {label} | " + " | ".join(
-            "-" if value is None else f"{value:.2f}" for value in values
-        ) + " |")  # fmt: skip
     ratios = [
         ("E2E over bare decoding", "e2e_over_decode"),
         ("CPU bound over bare decoding", "cpu_bound_over_decode"),
         ("two-pass bound over bare decoding", "two_pass_bound_over_decode"),
     ]
-    for label, key in ratios:
+    rows = [(label, key, "{:.2f}") for label, key in figures]
+    rows += [(label, key, "{:.2f}x") for label, key in ratios]
+    for label, key, form in rows:
         values = [r.get(f"{name}_{key}") for name in columns]
-        lines.append(f"| {label} | " + " | ".join(
-            "-" if value is None else f"{value:.2f}x" for value in values
-        ) + " |")  # fmt: skip
+        cells = ["-" if value is None else form.format(value) for value in values]
+        lines.append(f"| {label} | {' | '.join(cells)} |")
     return "\n".join(lines)
 
 
