@@ -70,6 +70,7 @@ PROGRESS = "audio:progress"  # pub/sub: a running task's processing_progress dat
 WORKERS = "audio:worker:"  # + worker name: a key each live worker renews (its heartbeat)
 RUNNING = "audio:running"  # the ids of the tasks a worker has started and not yet retired
 LEASE_SECONDS = 10  # a worker's claim on a task lasts this long unless renewed
+RETIRE_WAIT_SECONDS = 10.0  # DELETE waits this long for the worker that has the task to let go
 HEARTBEAT_SECONDS = (
     2.0  # how often workers renew their claims, and web instances look for lost ones
 )
@@ -280,7 +281,7 @@ class LogFollower:
         self._lock = threading.Lock()
         self._logs: dict[str, SharedChunkLog] = {}
         self._stopped = threading.Event()
-        self.on_progress: Callable[[str, dict[str, Any]], None] = lambda task_id, data: None
+        self.on_progress: Callable[[dict[str, Any], bool], None] = lambda data, stage_end: None
         self.on_retired: Callable[[str], None] = lambda task_id: None  # a log's task let go
         self._pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
         self._pubsub.subscribe(EVENTS, PROGRESS)
@@ -313,8 +314,8 @@ class LogFollower:
             if message is None:
                 continue
             if message["channel"] == PROGRESS:
-                data = json.loads(message["data"])
-                self.on_progress(data["task_id"], data)
+                progress = json.loads(message["data"])
+                self.on_progress(progress["data"], progress["stage_end"])
                 continue
             with self._lock:
                 log = self._logs.get(str(message["data"]))
@@ -640,11 +641,11 @@ class ClusterEngine(TaskEngine):
             task.chunk_log.close()
         remove_folder(self.data_dir / task_id)
 
-    def _progress(self, task_id: str, data: dict[str, Any]) -> None:
+    def _progress(self, data: dict[str, Any], stage_end: bool) -> None:
         """A worker's processing_progress, for this instance's subscribers of the task."""
-        task = self.cluster_store.cached(task_id)
-        if task is not None:
-            self.delivery.progress(task, cast(ProcessingProgressEvent, data))  # as published
+        task = self.cluster_store.cached(data["task_id"])
+        if task is not None:  # the event as published
+            self.delivery.progress(task, cast(ProcessingProgressEvent, data), stage_end=stage_end)
 
     # -- workers lost -------------------------------------------------------------------
 
@@ -821,16 +822,27 @@ class ClusterEngine(TaskEngine):
         return super().result(task)
 
     def delete(self, task_id: str) -> None:
-        """Stop the task and forget it everywhere; its folder goes (by its worker, if one runs)."""
+        """Stop the task and forget it everywhere; its folder goes once nothing writes to it.
+
+        A worker that has the task (stopped just now, or ended a moment ago and
+        letting it go) retires it promptly: the answer waits for that, so the
+        files are gone when it comes. A worker that does not let go in time
+        removes them itself when it does (it finds the task's key gone).
+        """
         task = self.get(task_id)
         with contextlib.suppress(TaskConflict):
             self.stop(task_id, reason="deleted")
         owner = self.redis.get(owner_key(task.id))
-        running_elsewhere = owner not in (None, WEB_OWNER) and not task.retired.is_set()
+        held = owner not in (None, WEB_OWNER)
+        if held and not task.retired.wait(RETIRE_WAIT_SECONDS):
+            task.log.warning(
+                "deleted, but worker %s did not let the task go in %g s: it removes the files "
+                "when it does", owner, RETIRE_WAIT_SECONDS,
+            )  # fmt: skip
         self.cluster_store.remove(task.id)
         self.delivery.forget(task)
         task.chunk_log.close()
-        if not running_elsewhere:
+        if not held or task.retired.is_set():
             remove_folder(task.folder)
         task.log.info("deleted")
 

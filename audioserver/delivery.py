@@ -104,6 +104,7 @@ class Cursor:
     moves: int = 0  # bumped when subscribe moves the cursor (a send in flight is dropped)
     cancelled: bool = False
     finished: bool = False  # the terminal event was sent
+    progress_seen: int = 0  # the number of the last processing_progress it was sent
 
 
 @dataclass(eq=False)
@@ -113,6 +114,16 @@ class Cached:
     packet: Any
     readers: int
     size: int
+
+
+@dataclass(eq=False)
+class Progress:
+    """A processing_progress event, and where it stands among the chunks."""
+
+    number: int  # counts the task's progress events here, from 1
+    position: int  # the chunks emitted before it: it goes between chunk position-1 and position
+    data: ProcessingProgressEvent
+    packet: Any = None  # encoded on first send
 
 
 @dataclass(eq=False)
@@ -126,6 +137,8 @@ class Feed:
     packets: dict[int, Cached] = field(default_factory=dict)
     cached_bytes: int = 0
     terminal: Any = None
+    progress_sent: int = 0  # processing_progress events so far (numbers them)
+    stage_ends: list[Progress] = field(default_factory=list)  # one per stage that has ended
 
 
 class Delivery:
@@ -213,28 +226,48 @@ class Delivery:
             with feed.lock:
                 return len(feed.cursors)
 
-    def progress(self, task: Task, data: ProcessingProgressEvent) -> None:
-        """Send processing_progress to the subscribers that have every chunk so far.
+    def progress(
+        self, task: Task, data: ProcessingProgressEvent, *, stage_end: bool = False
+    ) -> None:
+        """Send processing_progress to the subscribers that have every chunk before it.
 
-        Like a chunk, it is never queued for a client that is not reading: a
-        client behind the log, or with a full backlog, skips it.
+        Like a chunk, a throttled one is never queued for a client that is not
+        reading: a client behind the log, or with a full backlog, skips it. A
+        stage's end is kept for the cursors behind: each sends it when it gets
+        to its place among the chunks (before the next chunk, or the end), so
+        every subscriber has every stage's end, in order.
         """
         with self._lock:
             feed = self._feeds.get(task.id)
         if feed is None:
             return
-        length = len(task.chunk_log)
-        packet: Any = None
         with feed.lock:
+            feed.progress_sent += 1
+            event = Progress(feed.progress_sent, data["chunks_emitted"], data)
+            if stage_end:
+                feed.stage_ends.append(event)
             for cursor in feed.cursors.values():
-                if cursor.cancelled or cursor.finished or cursor.position != length:
+                if cursor.cancelled or cursor.finished or cursor.position != event.position:
                     continue
                 backlog = self.publisher.backlog(cursor.sid)
                 if backlog is not None and backlog > self.client_backlog:
                     continue
-                if packet is None:
-                    packet = self.publisher.encode("processing_progress", data)
-                self.publisher.send(cursor.sid, packet)
+                self._stage_ends_due(feed, cursor)  # this one among them, if it is one
+                if not stage_end:
+                    self._send_progress(cursor, event)
+
+    def _send_progress(self, cursor: Cursor, progress: Progress) -> None:
+        """Send a progress event to a cursor (called with its feed's lock held)."""
+        if progress.packet is None:
+            progress.packet = self.publisher.encode("processing_progress", progress.data)
+        self.publisher.send(cursor.sid, progress.packet)
+        cursor.progress_seen = progress.number
+
+    def _stage_ends_due(self, feed: Feed, cursor: Cursor) -> None:
+        """Send the stage ends that belong where a cursor is and it has not had yet."""
+        for progress in feed.stage_ends:
+            if progress.number > cursor.progress_seen and progress.position == cursor.position:
+                self._send_progress(cursor, progress)
 
     def ended(self, task: Task) -> None:
         """The task's log has just ended: send the terminal event to every caught-up cursor.
@@ -258,6 +291,7 @@ class Delivery:
 
     def _send_terminal(self, feed: Feed, cursor: Cursor, terminal: tuple[str, Any]) -> None:
         """Send the end to a cursor and retire it (called with feed.lock held)."""
+        self._stage_ends_due(feed, cursor)
         if feed.terminal is None:
             feed.terminal = self.publisher.encode(*terminal)
         self.publisher.send(cursor.sid, feed.terminal)
@@ -309,6 +343,7 @@ class Delivery:
                     if cursor.cancelled or cursor.finished:
                         return
                     if cursor.moves == moves:
+                        self._stage_ends_due(feed, cursor)
                         self.publisher.send(cursor.sid, packet)
                         cursor.position = position + 1
                 continue

@@ -473,6 +473,7 @@ class TaskRun:
                 "duration": task.duration,
                 "elapsed": round(task.elapsed, 3),
             },
+            stage_end=stage_end,
         )
 
     # -- ending -------------------------------------------------------------------------

@@ -48,6 +48,7 @@ from .cluster import (
 from .delivery import Delivery, NullPublisher
 from .messages import ProcessingProgressEvent
 from .run import NullObserver, PoolRunner, RunContext, TaskRun
+from .storage import remove_folder
 from .task import TERMINAL, Status, Task, now
 from .tasks import too_much_audio
 
@@ -99,9 +100,11 @@ class ProgressRelay(Delivery):
         super().__init__(NullPublisher(), client_backlog=1)
         self._redis = client
 
-    def progress(self, task: Task, data: ProcessingProgressEvent) -> None:
+    def progress(
+        self, task: Task, data: ProcessingProgressEvent, *, stage_end: bool = False
+    ) -> None:
         try:
-            self._redis.publish(PROGRESS, json.dumps(data))
+            self._redis.publish(PROGRESS, json.dumps({"data": data, "stage_end": stage_end}))
         except redis.RedisError:  # progress is a hint; the chunks and the end are what count
             task.log.warning("cannot publish processing_progress", exc_info=True)
 
@@ -227,8 +230,10 @@ class Worker:
         pipe.publish(EVENTS, task.id)
         pipe.srem(RUNNING, task.id)
         pipe.delete(owner_key(task.id))
-        pipe.execute()
+        kept = pipe.execute()[0]
         task.chunk_log.close()
+        if not kept:  # its key is gone: deleted (or swept) while it ran here, so its files go
+            remove_folder(task.folder)
 
 
 def main(argv: list[str], *, prog: str) -> int:

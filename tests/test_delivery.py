@@ -98,6 +98,49 @@ def test_three_cursors_at_different_speeds_each_get_every_chunk_once_in_order(cl
         assert clients.stream(sid, task.id) == whole(60), sid
 
 
+def progress(task: LogTask, stage: int, emitted: int) -> dict:
+    """A processing_progress of a two-stage task, after emitted chunks."""
+    return {"task_id": task.id, "stage": stage, "stages": 2, "chunks_done": emitted,
+            "chunks_total": 10, "progress": 0.5 + emitted / 20, "chunks_emitted": emitted,
+            "duration": 1.0, "elapsed": 0.1}  # fmt: skip
+
+
+def test_a_cursor_behind_gets_every_stage_end_in_its_place_and_skips_the_rest(clients, delivery):
+    task = LogTask("t-progress")
+    live, behind = clients.connect("live"), clients.connect("behind")
+    clients.paused.add(behind)  # reads nothing: its cursor stays at chunk 0
+    for sid in (live, behind):
+        delivery.subscribe(task, sid)
+
+    def received(sid: str) -> list[tuple[str, object]]:
+        with clients._condition:
+            return [
+                (event, data.get("index", data.get("chunks_emitted")))
+                for event, data in clients.received[sid]
+            ]
+
+    delivery.progress(task, progress(task, 0, 0) | {"chunks_done": 10}, stage_end=True)
+    task.write(5)
+    clients.wait_for(lambda: len(clients.stream(live, task.id)) == 5)
+    delivery.progress(task, progress(task, 1, 5))  # throttled: to caught-up cursors only
+    task.write(5, start=5)
+    clients.wait_for(lambda: len(clients.stream(live, task.id)) == 10)
+    delivery.progress(task, progress(task, 1, 10), stage_end=True)
+    task.finish()
+    delivery.ended(task)
+    clients.wait_for(lambda: ended(clients, live, task))
+    chunks = [("audio_chunk", index) for index in range(10)]
+    stage_0_end, stage_1_end = ("processing_progress", 0), ("processing_progress", 10)
+    assert received(live) == [stage_0_end, *chunks[:5], ("processing_progress", 5),
+                              *chunks[5:], stage_1_end, ("processing_complete", 10)]  # fmt: skip
+    assert received(behind) == []
+    # Once it reads, it gets the first stage's end before chunk 0 and the last one's before
+    # the end: every stage end in its place, the throttled one (superseded) not at all.
+    clients.paused.discard(behind)
+    clients.wait_for(lambda: ended(clients, behind, task))
+    assert received(behind) == [stage_0_end, *chunks, stage_1_end, ("processing_complete", 10)]
+
+
 @pytest.mark.parametrize(
     "moment",
     [
