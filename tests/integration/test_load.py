@@ -31,8 +31,9 @@ while True:
         assert response.status == 200
         response.read()
     slowest, answers = max(slowest, time.perf_counter() - started), answers + 1
-    with open(report, "w") as out:
+    with open(report + ".part", "w") as out:  # then renamed: a stop never finds it half written
         out.write(f"{slowest} {answers}")
+    os.replace(report + ".part", report)
     time.sleep(0.05)
 """
 
