@@ -315,6 +315,8 @@ class LogFollower:
                 continue
             if message["channel"] == PROGRESS:
                 progress = json.loads(message["data"])
+                if "data" not in progress:  # a worker of the version before: the bare event
+                    progress = {"data": progress, "stage_end": False}
                 self.on_progress(progress["data"], progress["stage_end"])
                 continue
             with self._lock:

@@ -125,13 +125,11 @@ class ServerProcess:
 
     def cpu_seconds(self) -> float:
         """CPU time the server process itself has used so far (its threads; not its children)."""
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return _cpu_seconds(self.process.pid)
 
     def children_cpu_seconds(self) -> float:
         """CPU time of the server's child processes that have ended (its decoders, encoders)."""
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
+        return _cpu_seconds(self.process.pid, children=True)
 
     def peak_rss_mb(self) -> float:
         """Peak resident memory of the server process so far (Linux: VmHWM)."""
@@ -159,13 +157,7 @@ class ServerProcess:
         return len(children), sum(_pss_kb(pid) for pid in children) / 1024
 
     def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        _terminate(self.process, 15)
         if self._own_data:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 
@@ -236,13 +228,7 @@ class RedisServer:
 
     def close(self) -> None:
         self.client.close()
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        _terminate(self.process, 10)
 
     def __enter__(self) -> RedisServer:
         return self
@@ -298,17 +284,28 @@ class WorkerProcess:
 
     def cpu_seconds(self) -> float:
         """CPU time the worker process has used so far (its threads; not its decoders)."""
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return _cpu_seconds(self.process.pid)
 
     def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        _terminate(self.process, 20)
+
+
+def _terminate(process: subprocess.Popen[bytes], timeout: float) -> None:
+    """SIGTERM, then SIGKILL if the process has not ended after timeout seconds."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _cpu_seconds(pid: int, *, children: bool = False) -> float:
+    """CPU time (user + system) of a process's threads, or of its children it has reaped."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    first = 13 if children else 11  # utime, stime; cutime, cstime (after the command's ")")
+    return (int(fields[first]) + int(fields[first + 1])) / os.sysconf("SC_CLK_TCK")
 
 
 def _status_field(pid: int, name: str, missing: str | None = None) -> str:

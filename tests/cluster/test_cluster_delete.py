@@ -128,3 +128,31 @@ def test_a_worker_that_finds_its_task_deleted_when_it_lets_go_removes_the_files(
         assert not folder.exists(), "the worker removed the files of a task deleted under it"
     finally:
         worker.close()
+
+
+def test_the_follower_passes_progress_on_in_both_forms_a_worker_publishes(redis_server):
+    """processing_progress from Redis: today's form (with stage_end), and the bare event of a
+    worker of the version before (during a rolling upgrade), which ends no stage."""
+    follower = cluster.LogFollower(cluster.connect(redis_server.url))
+    received: list[tuple[dict, bool]] = []
+    changed = threading.Condition()
+
+    def on_progress(data: dict, stage_end: bool) -> None:
+        with changed:
+            received.append((data, stage_end))
+            changed.notify_all()
+
+    follower.on_progress = on_progress
+    try:
+        event = {"task_id": "t", "stage": 0, "chunks_emitted": 0}
+        # The follower has subscribed when it is made: what is published now reaches it.
+        redis_server.client.publish(
+            cluster.PROGRESS, json.dumps({"data": event, "stage_end": True})
+        )
+        redis_server.client.publish(cluster.PROGRESS, json.dumps(event))
+        with changed:
+            assert changed.wait_for(lambda: len(received) == 2, timeout=10), received
+        assert received[0] == (event, True)
+        assert received[1] == (event, False)
+    finally:
+        follower.stop()
